@@ -1,0 +1,1 @@
+"""The FastAPI service: incidents, assets, rules, energy and wellbeing feeds."""

@@ -1,0 +1,1 @@
+"""Passive collectors: capture sources, TCP reassembly, one dissector per protocol."""

@@ -1,0 +1,1 @@
+"""Detectors: the Sigma runner, the learning-mode baseline and the ML anomaly detectors."""

@@ -1,0 +1,1 @@
+"""The lab: simulated plant, meters, sensors and attackers on loopback."""

@@ -1,0 +1,239 @@
+"""Configuration read in one place: defaults, then ``soc.toml``, then ``SOC_*`` variables.
+
+Every key has a type and a default. A key ``section.name`` is read from ``[section] name = ...``
+in ``soc.toml`` and from the environment variable ``SOC_SECTION_NAME`` (top-level keys: ``SOC_NAME``),
+the environment winning. A value of the wrong type, or a key in ``soc.toml`` that does not exist,
+raises :class:`~soc.errors.ConfigError` naming the key and where the value came from.
+
+Relative paths in ``soc.toml`` are taken from the file's folder; elsewhere, from the working
+directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from soc.errors import ConfigError
+
+ENV_PREFIX = "SOC_"
+CONFIG_FILE = "soc.toml"
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Which backend holds events, and how writes are batched."""
+
+    backend: Literal["sqlite", "elasticsearch"] = "sqlite"
+    batch_size: int = 5000
+
+
+@dataclass(frozen=True)
+class SqliteSettings:
+    """The embedded store: one file, WAL mode."""
+
+    path: Path | None = None  # default: <data_dir>/soc.db
+    busy_timeout_ms: int = 5000
+    synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
+    cache_mb: int = 64
+    page_size: int = 16384  # bytes; applies when the file is created
+
+
+@dataclass(frozen=True)
+class ElasticsearchSettings:
+    """The scale-out store (used when ``store.backend = "elasticsearch"``)."""
+
+    url: str | None = None
+    api_key: str | None = None
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration; ``sources`` says where each key's value came from."""
+
+    data_dir: Path = Path("soc-data")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    store: StoreSettings = field(default_factory=StoreSettings)
+    sqlite: SqliteSettings = field(default_factory=SqliteSettings)
+    elasticsearch: ElasticsearchSettings = field(default_factory=ElasticsearchSettings)
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite database file: ``sqlite.path``, else ``<data_dir>/soc.db``."""
+        return self.sqlite.path if self.sqlite.path is not None else self.data_dir / "soc.db"
+
+
+_SECRET_KEYS = frozenset({"elasticsearch.api_key", "elasticsearch.password"})
+
+
+def env_name(key: str) -> str:
+    """The environment variable that sets ``key`` (``store.batch_size`` -> ``SOC_STORE_BATCH_SIZE``)."""
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
+def load_settings(
+    path: Path | None = None, env: Mapping[str, str] | None = None, *, cwd: Path | None = None
+) -> Settings:
+    """Read the configuration: defaults, then ``path`` (or ``./soc.toml``), then ``env``.
+
+    ``path`` may also come from ``SOC_CONFIG``; a path given explicitly must exist.
+    """
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else cwd
+    explicit = path if path is not None else _env_path(env)
+    file_path = explicit if explicit is not None else cwd / CONFIG_FILE
+    table: dict[str, Any] = {}
+    if file_path.exists():
+        table = _read_toml(file_path)
+    elif explicit is not None:
+        raise ConfigError(
+            f"configuration file not found: {explicit}", location="SOC_CONFIG/--config"
+        )
+    sources: dict[str, str] = {}
+    settings: Settings = _build(Settings, "", table, env, file_path, cwd, sources)
+    return replace(settings, sources=sources)
+
+
+def iter_settings(settings: Settings) -> list[tuple[str, Any, str]]:
+    """Every key with its effective value and source, secrets masked; for ``soc config show``."""
+    rows: list[tuple[str, Any, str]] = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in fields(obj):
+            if f.name == "sources":
+                continue
+            value = getattr(obj, f.name)
+            key = prefix + f.name
+            if is_dataclass(value):
+                walk(value, key + ".")
+                continue
+            if key in _SECRET_KEYS and value is not None:
+                value = "********"
+            rows.append(
+                (
+                    key,
+                    str(value) if isinstance(value, Path) else value,
+                    settings.sources.get(key, "default"),
+                )
+            )
+
+    walk(settings, "")
+    return rows
+
+
+def _env_path(env: Mapping[str, str]) -> Path | None:
+    value = env.get(ENV_PREFIX + "CONFIG")
+    return Path(value) if value else None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", location=str(path)) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration: {exc.strerror}", location=str(path)) from exc
+
+
+def _build(
+    cls: type[Any],
+    prefix: str,
+    table: Mapping[str, Any],
+    env: Mapping[str, str],
+    file_path: Path,
+    cwd: Path,
+    sources: dict[str, str],
+) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls) if f.name != "sources"}
+    for name in table:
+        if name not in known:
+            raise ConfigError(
+                f"unknown configuration key in {file_path.name}", location=prefix + name
+            )
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name == "sources":
+            continue
+        key = prefix + f.name
+        hint = hints[f.name]
+        if isinstance(hint, type) and is_dataclass(hint):
+            section = table.get(f.name, {})
+            if not isinstance(section, Mapping):
+                raise ConfigError(f"expected a [{key}] table in {file_path.name}", location=key)
+            values[f.name] = _build(hint, key + ".", section, env, file_path, cwd, sources)
+            continue
+        variable = env_name(key)
+        if variable in env:
+            values[f.name] = _cast(env[variable], hint, key, variable, cwd)
+            sources[key] = variable
+        elif f.name in table:
+            values[f.name] = _cast(table[f.name], hint, key, file_path.name, file_path.parent)
+            sources[key] = str(file_path.name)
+    return cls(**values)
+
+
+def _cast(raw: Any, hint: Any, key: str, origin: str, base: Path) -> Any:
+    """Cast ``raw`` (a string from the environment or a TOML value) to ``hint``."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if raw == "" or raw is None:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(hint)
+    if typing.get_origin(hint) is Literal:
+        text = str(raw)
+        for choice in args:
+            if text.lower() == str(choice).lower():
+                return choice
+        raise ConfigError(
+            f"expected one of {', '.join(map(str, args))}, got {raw!r} (from {origin})",
+            location=key,
+        )
+    try:
+        return _scalar(raw, hint, base)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"expected {hint.__name__}, got {raw!r} (from {origin})", location=key
+        ) from exc
+
+
+def _scalar(raw: Any, hint: Any, base: Path) -> Any:
+    if hint is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(raw)
+    if hint is int:
+        if isinstance(raw, (bool, float)):
+            raise TypeError(raw)
+        return int(raw)
+    if hint is float:
+        if isinstance(raw, bool):
+            raise TypeError(raw)
+        return float(raw)
+    if hint is Path:
+        if not isinstance(raw, str):
+            raise TypeError(raw)
+        p = Path(raw).expanduser()
+        return p if p.is_absolute() else base / p
+    if hint is str:
+        if not isinstance(raw, str):
+            raise TypeError(raw)
+        return raw
+    raise TypeError(f"unsupported setting type {hint}")

@@ -1,0 +1,147 @@
+"""The store interface every backend implements, and the query types it takes."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from soc.errors import StoreError
+from soc.types import Event
+
+if TYPE_CHECKING:
+    from soc.config import Settings
+
+#: A field name a query may name: dotted ECS paths, ``@timestamp``.
+FIELD_NAME = re.compile(r"^@?[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """Which events to read: a time range, datasets, and field values (all must match).
+
+    ``where`` maps a dotted field to the values it may take (any of them). A field holding a list
+    (``related.ip``) matches when any element matches, as in Elasticsearch.
+    """
+
+    start_us: int | None = None  # inclusive, microseconds since the epoch
+    end_us: int | None = None  # exclusive
+    datasets: tuple[str, ...] = ()
+    where: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    limit: int = 100
+    cursor: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, values in self.where:
+            if not FIELD_NAME.match(name):
+                raise StoreError(f"not a field name: {name!r}", location="query")
+            if not values:
+                raise StoreError(f"no value given for {name}", location="query")
+        if self.limit < 1:
+            raise StoreError("limit must be at least 1", location="query")
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of events, in time order, and the cursor of the next page (``None`` at the end)."""
+
+    events: list[Event]
+    next_cursor: str | None
+
+
+@dataclass
+class WriteResult:
+    """What a write did: events stored, and events already present (same ``event.id``)."""
+
+    written: int = 0
+    duplicates: int = 0
+    batches: int = 0
+
+    def add(self, other: WriteResult) -> None:
+        """Fold another batch's result into this one."""
+        self.written += other.written
+        self.duplicates += other.duplicates
+        self.batches += other.batches
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What ``soc store info`` shows."""
+
+    backend: str
+    location: str
+    schema: list[str]
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class EventStore(Protocol):
+    """What the collectors, detectors and the API need from a store."""
+
+    def write_events(self, events: Iterable[Event]) -> WriteResult:
+        """Store events in batches; each batch is all or nothing; known ids are skipped."""
+        ...
+
+    def query_events(self, query: EventQuery) -> Page:
+        """One page of matching events in (time, arrival) order."""
+        ...
+
+    def count_events(self, query: EventQuery, by: str | None = None) -> list[tuple[Any, int]]:
+        """Matching events counted by the values of a field (one row ``(None, n)`` without one)."""
+        ...
+
+    def info(self) -> StoreInfo:
+        """Backend, location, applied migrations, rows per table."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+def iter_events(store: EventStore, query: EventQuery) -> Iterator[Event]:
+    """Every matching event, following the cursors page by page."""
+    while True:
+        page = store.query_events(query)
+        yield from page.events
+        if page.next_cursor is None:
+            return
+        query = EventQuery(
+            start_us=query.start_us,
+            end_us=query.end_us,
+            datasets=query.datasets,
+            where=query.where,
+            limit=query.limit,
+            cursor=page.next_cursor,
+        )
+
+
+def encode_cursor(*parts: int) -> str:
+    """An opaque pagination cursor from integers."""
+    text = ":".join(str(p) for p in parts)
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, arity: int) -> tuple[int, ...]:
+    """The integers of a cursor made by :func:`encode_cursor`; a bad one is a ``StoreError``."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        parts = tuple(int(p) for p in text.split(":"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StoreError("not a valid cursor", location="query.cursor") from exc
+    if len(parts) != arity:
+        raise StoreError("not a valid cursor", location="query.cursor")
+    return parts
+
+
+def open_store(settings: Settings) -> EventStore:
+    """Open the configured backend (``store.backend``)."""
+    if settings.store.backend == "sqlite":
+        from soc.store.sqlite import SQLiteStore
+
+        return SQLiteStore.from_settings(settings)
+    raise StoreError(
+        f"the {settings.store.backend} backend is not available in this version",
+        location="store.backend",
+    )

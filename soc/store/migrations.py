@@ -1,0 +1,139 @@
+"""Named, transactional schema migrations for the SQLite store.
+
+Each migration is a name and a list of statements, applied once, in order, inside one
+transaction, and recorded in the ``_migrations`` table. Never edit a migration that has shipped:
+add a new one.
+
+Events keep their whole ECS document as JSON text in ``doc``. Beside it, the store copies a few
+hot scalar fields into columns of their own (``PROMOTED_FIELDS``) with an index on (value, time):
+reading a dict in Python is far cheaper than SQLite parsing the JSON for each expression index,
+and the common queries (by host, by function code, over a time range) then read only an index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One named schema step."""
+
+    name: str
+    statements: tuple[str, ...]
+
+
+#: Scalar event fields kept in a column of their own, indexed with time: field -> column.
+#: A migration that adds a column adds its entry here.
+PROMOTED_FIELDS: dict[str, str] = {
+    "source.ip": "source_ip",
+    "destination.ip": "destination_ip",
+    "modbus.function_code": "modbus_function_code",
+}
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "0001_initial",
+        (
+            """CREATE TABLE events (
+                seq INTEGER PRIMARY KEY,
+                id TEXT NOT NULL UNIQUE,
+                ts INTEGER NOT NULL,
+                dataset TEXT NOT NULL,
+                source_ip TEXT,
+                destination_ip TEXT,
+                doc TEXT NOT NULL
+            )""",
+            "CREATE INDEX events_ts ON events (ts)",
+            "CREATE INDEX events_dataset_ts ON events (dataset, ts)",
+            "CREATE INDEX events_source_ip ON events (source_ip, ts)",
+            "CREATE INDEX events_destination_ip ON events (destination_ip, ts)",
+            """CREATE TABLE alerts (
+                seq INTEGER PRIMARY KEY,
+                id TEXT NOT NULL UNIQUE,
+                ts INTEGER NOT NULL,
+                rule_id TEXT NOT NULL,
+                severity INTEGER NOT NULL,
+                incident_id TEXT,
+                doc TEXT NOT NULL
+            )""",
+            "CREATE INDEX alerts_ts ON alerts (ts)",
+            "CREATE INDEX alerts_incident ON alerts (incident_id)",
+            """CREATE TABLE alert_events (
+                alert_id TEXT NOT NULL,
+                event_id TEXT NOT NULL,
+                PRIMARY KEY (alert_id, event_id)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE incidents (
+                id TEXT PRIMARY KEY,
+                created_ts INTEGER NOT NULL,
+                updated_ts INTEGER NOT NULL,
+                status TEXT NOT NULL DEFAULT 'new',
+                severity INTEGER NOT NULL,
+                owner TEXT,
+                site TEXT,
+                doc TEXT NOT NULL
+            )""",
+            "CREATE INDEX incidents_status ON incidents (status, updated_ts)",
+            """CREATE TABLE assets (
+                id TEXT PRIMARY KEY,
+                ip TEXT,
+                mac TEXT,
+                first_seen INTEGER NOT NULL,
+                last_seen INTEGER NOT NULL,
+                doc TEXT NOT NULL
+            )""",
+            "CREATE INDEX assets_ip ON assets (ip)",
+            """CREATE TABLE energy_readings (
+                meter_id TEXT NOT NULL,
+                obis TEXT NOT NULL,
+                ts INTEGER NOT NULL,
+                interval_s INTEGER NOT NULL DEFAULT 0,
+                direction TEXT NOT NULL,
+                value REAL NOT NULL,
+                unit TEXT NOT NULL,
+                zone TEXT,
+                source TEXT,
+                PRIMARY KEY (meter_id, obis, ts)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX energy_readings_zone_ts ON energy_readings (zone, ts)",
+            """CREATE TABLE wellbeing_observations (
+                sensor_id TEXT NOT NULL,
+                quantity TEXT NOT NULL,
+                ts INTEGER NOT NULL,
+                zone TEXT,
+                value REAL NOT NULL,
+                unit TEXT NOT NULL,
+                flags TEXT NOT NULL DEFAULT '[]',
+                PRIMARY KEY (sensor_id, quantity, ts)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX wellbeing_zone_ts ON wellbeing_observations (zone, quantity, ts)",
+            """CREATE TABLE users (
+                id INTEGER PRIMARY KEY,
+                username TEXT NOT NULL UNIQUE,
+                password_hash TEXT NOT NULL,
+                roles TEXT NOT NULL DEFAULT '[]',
+                sites TEXT NOT NULL DEFAULT '[]',
+                disabled INTEGER NOT NULL DEFAULT 0,
+                created_ts INTEGER NOT NULL
+            )""",
+            """CREATE TABLE audit (
+                seq INTEGER PRIMARY KEY,
+                ts INTEGER NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                object_type TEXT NOT NULL,
+                object_id TEXT,
+                detail TEXT NOT NULL DEFAULT '{}'
+            )""",
+            "CREATE INDEX audit_ts ON audit (ts)",
+        ),
+    ),
+    Migration(
+        "0002_modbus_function_code",
+        (
+            "ALTER TABLE events ADD COLUMN modbus_function_code INTEGER",
+            "CREATE INDEX events_modbus_function_code ON events (modbus_function_code, ts)",
+        ),
+    ),
+)

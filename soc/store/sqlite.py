@@ -1,0 +1,348 @@
+"""The embedded store: one SQLite file in WAL mode, batched transactional writes.
+
+Writes go in batches of ``store.batch_size`` events; each batch is one transaction, so a batch is
+stored whole or not at all, even if the process is killed. ``INSERT OR IGNORE`` on the unique
+``event.id`` makes re-ingesting the same capture a no-op. Reads page with a keyset cursor on
+(time, arrival order), which stays stable while new events arrive.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+import orjson
+
+from soc.errors import StoreError
+from soc.event import get_field, missing_fields, parse_timestamp
+from soc.store.base import EventQuery, Page, StoreInfo, WriteResult, decode_cursor, encode_cursor
+from soc.store.migrations import MIGRATIONS, PROMOTED_FIELDS
+from soc.types import Event
+
+if TYPE_CHECKING:
+    from soc.config import Settings
+
+_COLUMNS = {"@timestamp": "ts", "event.id": "id", "event.dataset": "dataset", **PROMOTED_FIELDS}
+_PROMOTED_PATHS = tuple(tuple(f.split(".")) for f in PROMOTED_FIELDS)
+_INSERT_COLUMNS = ("id", "ts", "dataset", *PROMOTED_FIELDS.values(), "doc")
+_INSERT = f"INSERT OR IGNORE INTO events ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"  # noqa: S608
+_TABLES = (
+    "events",
+    "alerts",
+    "incidents",
+    "assets",
+    "energy_readings",
+    "wellbeing_observations",
+    "users",
+    "audit",
+)
+
+
+class SQLiteStore:
+    """The SQLite backend of :class:`soc.store.base.EventStore`."""
+
+    backend = "sqlite"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        batch_size: int = 5000,
+        busy_timeout_ms: int = 5000,
+        synchronous: str = "NORMAL",
+        cache_mb: int = 64,
+        page_size: int = 16384,
+    ) -> None:
+        self.path = path
+        self.batch_size = batch_size
+        self.busy_timeout_ms = busy_timeout_ms
+        self._conn = self._connect(synchronous, cache_mb, page_size)
+        with self._errors("migrating the schema"):
+            self._migrate()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SQLiteStore:
+        """Open the store the configuration names."""
+        return cls(
+            settings.sqlite_path,
+            batch_size=settings.store.batch_size,
+            busy_timeout_ms=settings.sqlite.busy_timeout_ms,
+            synchronous=settings.sqlite.synchronous,
+            cache_mb=settings.sqlite.cache_mb,
+            page_size=settings.sqlite.page_size,
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._conn.close()
+
+    # -- connection and schema ------------------------------------------------------------
+
+    def _connect(self, synchronous: str, cache_mb: int, page_size: int) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the data directory: {exc.strerror}", location=str(self.path.parent)
+            ) from exc
+        with self._errors("opening"):
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000
+            )
+            self._conn = conn
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            conn.execute(f"PRAGMA page_size = {int(page_size)}")  # only takes on a new file
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"cannot switch to WAL mode (got {mode})", location=str(self.path))
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
+            conn.execute(f"PRAGMA cache_size = {-int(cache_mb) * 1024}")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        applied = {row[0] for row in conn.execute("SELECT name FROM _migrations")}
+        unknown = applied - {m.name for m in MIGRATIONS}
+        if unknown:
+            raise StoreError(
+                f"the database has migrations this version does not know ({', '.join(sorted(unknown))}):"
+                " it was written by a newer version",
+                location=str(self.path),
+            )
+        for migration in MIGRATIONS:
+            if migration.name in applied:
+                continue
+            with self._transaction():
+                for statement in migration.statements:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)",
+                    (migration.name, datetime.now(UTC).isoformat()),
+                )
+            conn.execute("ANALYZE")
+
+    def applied_migrations(self) -> list[str]:
+        """Names of the migrations applied to this database, in order."""
+        with self._errors("reading the schema"):
+            return [r[0] for r in self._conn.execute("SELECT name FROM _migrations ORDER BY name")]
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """Turn SQLite's exceptions into a ``StoreError`` that names the file and what failed."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(
+                _explain(exc, doing, self.busy_timeout_ms), location=str(self.path)
+            ) from exc
+
+    # -- events -----------------------------------------------------------------------------
+
+    def write_events(self, events: Iterable[Event]) -> WriteResult:
+        """Store events in batches of ``batch_size``, each in one transaction.
+
+        A batch that fails is rolled back whole and raises ``StoreError``; batches before it stay.
+        """
+        total = WriteResult()
+        iterator = iter(events)
+        while batch := list(itertools.islice(iterator, self.batch_size)):
+            rows = [
+                _event_row(doc, total.written + total.duplicates + i) for i, doc in enumerate(batch)
+            ]
+            with self._errors(f"writing a batch of {len(rows)} events"), self._transaction():
+                cursor = self._conn.executemany(_INSERT, rows)
+            written = cursor.rowcount
+            total.add(WriteResult(written, len(rows) - written, 1))
+        return total
+
+    def query_events(self, query: EventQuery) -> Page:
+        """One page of matching events, ordered by time then arrival."""
+        where, params = _where(query)
+        if query.cursor:
+            ts, seq = decode_cursor(query.cursor, 2)
+            where.append("(ts, seq) > (?, ?)")
+            params += [ts, seq]
+        sql = "SELECT seq, ts, doc FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts, seq LIMIT ?"
+        params.append(query.limit + 1)
+        with self._errors("querying events"):
+            rows = self._conn.execute(sql, params).fetchall()
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        events = [orjson.loads(doc) for _, _, doc in rows]
+        cursor = encode_cursor(rows[-1][1], rows[-1][0]) if more else None
+        return Page(events, cursor)
+
+    def count_events(self, query: EventQuery, by: str | None = None) -> list[tuple[Any, int]]:
+        """Matching events counted by the values of ``by`` (most frequent first)."""
+        where, params = _where(query)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        if by is None:
+            sql = f"SELECT NULL, count(*) FROM events{clause}"  # noqa: S608 - built from checked names
+        else:
+            expr = _field_sql(_checked(by))
+            sql = f"SELECT {expr} AS value, count(*) AS n FROM events{clause} GROUP BY value ORDER BY n DESC, value"  # noqa: S608
+        with self._errors("counting events"):
+            return [(value, n) for value, n in self._conn.execute(sql, params)]
+
+    def info(self) -> StoreInfo:
+        """Backend, file, applied migrations and rows per table."""
+        with self._errors("reading table sizes"):
+            counts = {
+                t: self._conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: S608
+                for t in _TABLES
+            }
+        return StoreInfo(self.backend, str(self.path), self.applied_migrations(), counts)
+
+    def optimize(self) -> None:
+        """Refresh the query planner's statistics (``ANALYZE``); run after a large ingest."""
+        with self._errors("analysing"):
+            self._conn.execute("ANALYZE")
+
+    def check(self) -> list[str]:
+        """SQLite's ``integrity_check``: ``["ok"]`` when the file is sound."""
+        with self._errors("checking integrity"):
+            return [r[0] for r in self._conn.execute("PRAGMA integrity_check")]
+
+
+def _event_row(doc: Event, position: int) -> tuple[Any, ...]:
+    try:  # the hot path: a well-formed nested document
+        head = doc["event"]
+        eid, dataset, stamp = head["id"], head["dataset"], doc["@timestamp"]
+    except (KeyError, TypeError):
+        missing = missing_fields(doc)
+        if missing:
+            raise StoreError(
+                f"event lacks required field(s) {', '.join(missing)}", location=f"event #{position}"
+            ) from None
+        eid, dataset, stamp = (
+            get_field(doc, f) for f in ("event.id", "event.dataset", "@timestamp")
+        )
+    if not (isinstance(eid, str) and eid and isinstance(dataset, str) and dataset):
+        raise StoreError(
+            "event.id and event.dataset must be non-empty strings", location=f"event #{position}"
+        )
+    try:
+        ts = parse_timestamp(stamp)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"bad @timestamp: {exc}", location=f"event #{position}") from exc
+    try:
+        text = orjson.dumps(doc).decode()
+    except orjson.JSONEncodeError as exc:
+        raise StoreError(f"event is not JSON: {exc}", location=f"event #{position}") from exc
+    return (eid, ts, dataset, *[_promoted(doc, keys, position) for keys in _PROMOTED_PATHS], text)
+
+
+def _promoted(doc: Event, keys: tuple[str, ...], position: int) -> Any:
+    try:
+        if len(keys) == 2:
+            value = doc[keys[0]][keys[1]]
+        else:
+            value = doc
+            for key in keys:
+                value = value[key]
+    except (KeyError, TypeError, IndexError):
+        return None
+    if type(value) in (str, int, float) or value is None:
+        return value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (str, int, float)):
+        return value
+    raise StoreError(f"{'.'.join(keys)} must be a single value", location=f"event #{position}")
+
+
+def _checked(name: str) -> str:
+    EventQuery(where=((name, (None,)),))  # validates the field name
+    return name
+
+
+def _json_path(name: str) -> str:
+    """SQLite's JSON path for a dotted field; ``@timestamp``-like segments are quoted.
+
+    Only names checked by ``FIELD_NAME`` reach here, so the path is safe to put in the SQL.
+    """
+    return "$." + ".".join(p if p.isidentifier() else f'"{p}"' for p in name.split("."))
+
+
+def _field_sql(name: str) -> str:
+    return _COLUMNS.get(name) or f"json_extract(doc, '{_json_path(name)}')"
+
+
+def _where(query: EventQuery) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if query.start_us is not None:
+        where.append("ts >= ?")
+        params.append(query.start_us)
+    if query.end_us is not None:
+        where.append("ts < ?")
+        params.append(query.end_us)
+    if query.datasets:
+        where.append(f"dataset IN ({','.join('?' * len(query.datasets))})")
+        params.extend(query.datasets)
+    for name, values in query.where:
+        marks = ",".join("?" * len(values))
+        if name in _COLUMNS:
+            where.append(f"{_COLUMNS[name]} IN ({marks})")
+        else:  # any element of a list, or the scalar itself
+            each = f"json_each(events.doc, '{_json_path(name)}')"  # a checked field name
+            where.append(f"EXISTS (SELECT 1 FROM {each} WHERE value IN ({marks}))")  # noqa: S608
+        params.extend(_sql_value(v) for v in values)
+    return where, params
+
+
+def _sql_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    return value
+
+
+def _explain(exc: sqlite3.Error, doing: str, busy_timeout_ms: int) -> str:
+    name = getattr(exc, "sqlite_errorname", "")
+    reasons = {
+        "SQLITE_BUSY": f"the database is locked by another process (waited {busy_timeout_ms} ms)",
+        "SQLITE_LOCKED": "the database is locked",
+        "SQLITE_FULL": "the disk is full (or the database reached its size limit)",
+        "SQLITE_READONLY": "the database is read-only (check the file's permissions)",
+        "SQLITE_CANTOPEN": "cannot open the database file (check the path and permissions)",
+        "SQLITE_NOTADB": "the file is not a SQLite database",
+        "SQLITE_CORRUPT": "the database file is corrupt",
+        "SQLITE_IOERR": "an I/O error occurred",
+        "SQLITE_PERM": "permission denied",
+    }
+    base = name.split("_", 2)
+    key = "_".join(base[:2]) if len(base) > 1 else name
+    reason = reasons.get(key, str(exc))
+    return f"{reason} while {doing} [{name or type(exc).__name__}: {exc}]"
