@@ -33,6 +33,9 @@ class StoreSettings:
     backend: Literal["sqlite", "elasticsearch"] = "sqlite"
     batch_size: int = 5000
 
+    def __post_init__(self) -> None:
+        _require(1 <= self.batch_size <= 1_000_000, "store.batch_size", "between 1 and 1000000")
+
 
 @dataclass(frozen=True)
 class SqliteSettings:
@@ -43,6 +46,12 @@ class SqliteSettings:
     synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
     cache_mb: int = 64
     page_size: int = 16384  # bytes; applies when the file is created
+
+    def __post_init__(self) -> None:
+        _require(self.busy_timeout_ms >= 0, "sqlite.busy_timeout_ms", "at least 0")
+        _require(self.cache_mb >= 1, "sqlite.cache_mb", "at least 1")
+        powers = {2**k for k in range(9, 17)}
+        _require(self.page_size in powers, "sqlite.page_size", "a power of two, 512 to 65536")
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,11 @@ class Settings:
     def sqlite_path(self) -> Path:
         """The SQLite database file: ``sqlite.path``, else ``<data_dir>/soc.db``."""
         return self.sqlite.path if self.sqlite.path is not None else self.data_dir / "soc.db"
+
+
+def _require(ok: bool, key: str, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"must be {what}", location=key)
 
 
 _SECRET_KEYS = frozenset({"elasticsearch.api_key", "elasticsearch.password"})

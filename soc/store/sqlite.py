@@ -50,7 +50,7 @@ class SQLiteStore:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | str,
         *,
         batch_size: int = 5000,
         busy_timeout_ms: int = 5000,
@@ -58,7 +58,7 @@ class SQLiteStore:
         cache_mb: int = 64,
         page_size: int = 16384,
     ) -> None:
-        self.path = path
+        self.path = Path(path)
         self.batch_size = batch_size
         self.busy_timeout_ms = busy_timeout_ms
         self._conn = self._connect(synchronous, cache_mb, page_size)

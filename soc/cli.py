@@ -1,0 +1,276 @@
+"""The ``soc`` command: a thin layer over the library; each command calls one library function.
+
+Errors the toolkit raises on purpose (:class:`~soc.errors.SocError`) print one line naming what
+and where, and exit with status 2; nothing prints a traceback at a user.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import click
+import orjson
+
+from soc import __version__
+from soc.config import Settings, iter_settings, load_settings
+from soc.errors import SocError, StoreError
+from soc.event import parse_timestamp
+from soc.store.base import EventQuery, iter_events, open_store
+from soc.store.sqlite import SQLiteStore
+from soc.types import Event
+
+
+class _Group(click.Group):
+    """A group that turns a ``SocError`` into a one-line message and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SocError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+def _settings(ctx: click.Context) -> Settings:
+    obj = ctx.find_root().obj
+    if "settings" not in obj:
+        obj["settings"] = load_settings(obj["config"])
+    settings: Settings = obj["settings"]
+    return settings
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="soc")
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Configuration file (default: ./soc.toml if present, or $SOC_CONFIG).",
+)
+@click.pass_context
+def main(ctx: click.Context, config: Path | None) -> None:
+    """Industrial SOC toolkit: collect ICS traffic, store ECS events, detect, serve."""
+    ctx.obj = {"config": config}
+
+
+# -- config ----------------------------------------------------------------------------------
+
+
+@main.group()
+def config() -> None:
+    """Show the effective configuration."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
+@click.pass_context
+def config_show(ctx: click.Context, as_json: bool) -> None:
+    """Print every setting with its value and where it came from (default, soc.toml, SOC_*)."""
+    rows = iter_settings(_settings(ctx))
+    if as_json:
+        click.echo(orjson.dumps({k: {"value": v, "source": s} for k, v, s in rows}).decode())
+        return
+    width = max(len(k) for k, _, _ in rows)
+    for key, value, source in rows:
+        click.echo(f"{key:<{width}}  {value!s:<30}  {source}")
+
+
+# -- store -----------------------------------------------------------------------------------
+
+
+@main.group()
+def store() -> None:
+    """Create, inspect and maintain the event store."""
+
+
+@store.command("init")
+@click.pass_context
+def store_init(ctx: click.Context) -> None:
+    """Create the store (or bring its schema up to date) and list the applied migrations."""
+    with _open(ctx) as db:
+        info = db.info()
+    click.echo(f"{info.backend} store ready: {info.location}")
+    for name in info.schema:
+        click.echo(f"  migration {name}")
+
+
+@store.command("info")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+@click.pass_context
+def store_info(ctx: click.Context, as_json: bool) -> None:
+    """Show the backend, its location, the schema version and the rows in each table."""
+    with _open(ctx) as db:
+        info = db.info()
+    if as_json:
+        click.echo(orjson.dumps(info.__dict__).decode())
+        return
+    click.echo(f"backend   {info.backend}\nlocation  {info.location}")
+    click.echo(f"schema    {', '.join(info.schema)}")
+    for table, n in info.counts.items():
+        click.echo(f"  {table:<24} {n:>12,}")
+
+
+@store.command("check")
+@click.pass_context
+def store_check(ctx: click.Context) -> None:
+    """Verify the database file's integrity; exit non-zero when it is damaged."""
+    with _open(ctx) as db:
+        problems = db.check()
+    if problems != ["ok"]:
+        for line in problems:
+            click.echo(line, err=True)
+        raise StoreError("integrity check failed", location=str(_settings(ctx).sqlite_path))
+    click.echo("ok")
+
+
+@store.command("optimize")
+@click.pass_context
+def store_optimize(ctx: click.Context) -> None:
+    """Refresh the query planner's statistics; run it after a large ingest."""
+    with _open(ctx) as db:
+        db.optimize()
+    click.echo("ok")
+
+
+def _open(ctx: click.Context) -> SQLiteStore:
+    settings = _settings(ctx)
+    opened = open_store(settings)
+    assert isinstance(opened, SQLiteStore)
+    return opened
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+@main.group()
+def events() -> None:
+    """Import, query and count ECS events."""
+
+
+@events.command("ingest")
+@click.argument("source", type=click.File("rb"))
+@click.option(
+    "--collect-errors",
+    is_flag=True,
+    help="Skip and count bad lines instead of stopping at the first one.",
+)
+@click.pass_context
+def events_ingest(ctx: click.Context, source: IO[bytes], collect_errors: bool) -> None:
+    """Store ECS events from a JSON-lines file (``-`` for standard input).
+
+    Ingesting the same file again stores nothing new: events are keyed by ``event.id``.
+    """
+    errors: list[str] = []
+    name = getattr(source, "name", "-")
+    with _open(ctx) as db:
+        result = db.write_events(_read_jsonl(source, name, errors, collect_errors))
+    click.echo(
+        f"{result.written:,} events stored, {result.duplicates:,} already present,"
+        f" {len(errors):,} bad lines"
+    )
+    for line in errors[:20]:
+        click.echo(f"  {line}", err=True)
+    if errors:
+        ctx.exit(1)
+
+
+def _read_jsonl(source: IO[bytes], name: str, errors: list[str], collect: bool) -> Iterator[Event]:
+    for number, line in enumerate(source, start=1):
+        if not line.strip():
+            continue
+        try:
+            doc = orjson.loads(line)
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            error = StoreError(f"bad JSON line: {exc}", location=f"{name}:{number}")
+            if not collect:
+                raise error from exc
+            errors.append(str(error))
+            continue
+        yield doc
+
+
+def _time(value: str | None, option: str) -> int | None:
+    if value is None:
+        return None
+    for text in (value, value + "+00:00"):  # no zone given: UTC
+        try:
+            return parse_timestamp(text)
+        except ValueError:
+            continue
+    raise click.BadParameter(f"not an ISO 8601 time: {value!r}", param_hint=option)
+
+
+def _where(pairs: tuple[str, ...]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    grouped: dict[str, list[Any]] = {}
+    for pair in pairs:
+        field, sep, raw = pair.partition("=")
+        if not sep or not field:
+            raise click.BadParameter(f"expected FIELD=VALUE, got {pair!r}", param_hint="--where")
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            value = raw
+        grouped.setdefault(field, []).append(value)
+    return tuple((f, tuple(v)) for f, v in grouped.items())
+
+
+@events.command("query")
+@click.option("--since", help="Start time, inclusive (ISO 8601; UTC when no zone is given).")
+@click.option("--until", help="End time, exclusive (ISO 8601).")
+@click.option("--dataset", "datasets", multiple=True, help="e.g. ics.modbus; repeat for several.")
+@click.option(
+    "--where",
+    "wheres",
+    multiple=True,
+    help="FIELD=VALUE (dotted ECS field; VALUE parsed as JSON when it can be); repeat: same field"
+    " means any of the values, different fields must all match.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--cursor", help="Continue from the cursor a previous page printed.")
+@click.option("--all", "everything", is_flag=True, help="Print every match, page after page.")
+@click.option("--count-by", "count_by", help="Count matches by the values of this field instead.")
+@click.pass_context
+def events_query(
+    ctx: click.Context,
+    since: str | None,
+    until: str | None,
+    datasets: tuple[str, ...],
+    wheres: tuple[str, ...],
+    limit: int,
+    cursor: str | None,
+    everything: bool,
+    count_by: str | None,
+) -> None:
+    """Print matching events as JSON lines, in time order.
+
+    The next page's cursor goes to standard error as ``next-cursor: ...``.
+    """
+    query = EventQuery(
+        start_us=_time(since, "--since"),
+        end_us=_time(until, "--until"),
+        datasets=datasets,
+        where=_where(wheres),
+        limit=limit,
+        cursor=cursor,
+    )
+    out = sys.stdout.buffer
+    with _open(ctx) as db:
+        if count_by is not None:
+            for value, n in db.count_events(query, by=count_by):
+                out.write(orjson.dumps({count_by: value, "count": n}) + b"\n")
+            return
+        if everything:
+            for doc in iter_events(db, query):
+                out.write(orjson.dumps(doc) + b"\n")
+            return
+        page = db.query_events(query)
+        for doc in page.events:
+            out.write(orjson.dumps(doc) + b"\n")
+        out.flush()
+        if page.next_cursor:
+            click.echo(f"next-cursor: {page.next_cursor}", err=True)
