@@ -1,5 +1,9 @@
 """The embedded store: one SQLite file in WAL mode, batched transactional writes.
 
+SQLite is driven through APSW, which bundles a current SQLite (JSONB, a JSON parse cache, faster
+``executemany``) instead of whatever the system's Python was built with; the file stays a plain
+SQLite database any tool can open.
+
 Writes go in batches of ``store.batch_size`` events; each batch is one transaction, so a batch is
 stored whole or not at all, even if the process is killed. ``INSERT OR IGNORE`` on the unique
 ``event.id`` makes re-ingesting the same capture a no-op. Reads page with a keyset cursor on
@@ -9,13 +13,13 @@ stored whole or not at all, even if the process is killed. ``INSERT OR IGNORE`` 
 from __future__ import annotations
 
 import itertools
-import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
+import apsw
 import orjson
 
 from soc.errors import StoreError
@@ -89,7 +93,7 @@ class SQLiteStore:
 
     # -- connection and schema ------------------------------------------------------------
 
-    def _connect(self, synchronous: str, cache_mb: int, page_size: int) -> sqlite3.Connection:
+    def _connect(self, synchronous: str, cache_mb: int, page_size: int) -> apsw.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -97,13 +101,11 @@ class SQLiteStore:
                 f"cannot create the data directory: {exc.strerror}", location=str(self.path.parent)
             ) from exc
         with self._errors("opening"):
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000
-            )
+            conn = apsw.Connection(str(self.path))
             self._conn = conn
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            conn.set_busy_timeout(int(self.busy_timeout_ms))
             conn.execute(f"PRAGMA page_size = {int(page_size)}")  # only takes on a new file
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = str(conn.execute("PRAGMA journal_mode = WAL").get)
             if mode.lower() != "wal":
                 raise StoreError(f"cannot switch to WAL mode (got {mode})", location=str(self.path))
             conn.execute(f"PRAGMA synchronous = {synchronous}")
@@ -158,7 +160,7 @@ class SQLiteStore:
         """Turn SQLite's exceptions into a ``StoreError`` that names the file and what failed."""
         try:
             yield
-        except sqlite3.Error as exc:
+        except apsw.Error as exc:
             raise StoreError(
                 _explain(exc, doing, self.busy_timeout_ms), location=str(self.path)
             ) from exc
@@ -176,9 +178,10 @@ class SQLiteStore:
             rows = [
                 _event_row(doc, total.written + total.duplicates + i) for i, doc in enumerate(batch)
             ]
+            before = self._conn.total_changes()
             with self._errors(f"writing a batch of {len(rows)} events"), self._transaction():
-                cursor = self._conn.executemany(_INSERT, rows)
-            written = cursor.rowcount
+                self._conn.executemany(_INSERT, rows)
+            written = self._conn.total_changes() - before
             total.add(WriteResult(written, len(rows) - written, 1))
         return total
 
@@ -195,7 +198,7 @@ class SQLiteStore:
         sql += " ORDER BY ts, seq LIMIT ?"
         params.append(query.limit + 1)
         with self._errors("querying events"):
-            rows = self._conn.execute(sql, params).fetchall()
+            rows: list[Any] = self._conn.execute(sql, params).fetchall()
         more = len(rows) > query.limit
         rows = rows[: query.limit]
         events = [orjson.loads(doc) for _, _, doc in rows]
@@ -218,7 +221,7 @@ class SQLiteStore:
         """Backend, file, applied migrations and rows per table."""
         with self._errors("reading table sizes"):
             counts = {
-                t: self._conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: S608
+                t: int(self._conn.execute(f"SELECT count(*) FROM {t}").get)  # noqa: S608
                 for t in _TABLES
             }
         return StoreInfo(self.backend, str(self.path), self.applied_migrations(), counts)
@@ -329,20 +332,17 @@ def _sql_value(value: Any) -> Any:
     return value
 
 
-def _explain(exc: sqlite3.Error, doing: str, busy_timeout_ms: int) -> str:
-    name = getattr(exc, "sqlite_errorname", "")
-    reasons = {
-        "SQLITE_BUSY": f"the database is locked by another process (waited {busy_timeout_ms} ms)",
-        "SQLITE_LOCKED": "the database is locked",
-        "SQLITE_FULL": "the disk is full (or the database reached its size limit)",
-        "SQLITE_READONLY": "the database is read-only (check the file's permissions)",
-        "SQLITE_CANTOPEN": "cannot open the database file (check the path and permissions)",
-        "SQLITE_NOTADB": "the file is not a SQLite database",
-        "SQLITE_CORRUPT": "the database file is corrupt",
-        "SQLITE_IOERR": "an I/O error occurred",
-        "SQLITE_PERM": "permission denied",
+def _explain(exc: apsw.Error, doing: str, busy_timeout_ms: int) -> str:
+    reasons: dict[type[apsw.Error], str] = {
+        apsw.BusyError: f"the database is locked by another process (waited {busy_timeout_ms} ms)",
+        apsw.LockedError: "the database is locked",
+        apsw.FullError: "the disk is full (or the database reached its size limit)",
+        apsw.ReadOnlyError: "the database is read-only (check the file's permissions)",
+        apsw.CantOpenError: "cannot open the database file (check the path and permissions)",
+        apsw.NotADBError: "the file is not a SQLite database",
+        apsw.CorruptError: "the database file is corrupt",
+        apsw.IOError: "an I/O error occurred (is the disk full or failing?)",
+        apsw.PermissionsError: "permission denied",
     }
-    base = name.split("_", 2)
-    key = "_".join(base[:2]) if len(base) > 1 else name
-    reason = reasons.get(key, str(exc))
-    return f"{reason} while {doing} [{name or type(exc).__name__}: {exc}]"
+    reason = next((text for kind, text in reasons.items() if isinstance(exc, kind)), str(exc))
+    return f"{reason} while {doing} [{type(exc).__name__}: {exc}]"

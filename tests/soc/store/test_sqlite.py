@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -11,6 +10,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,8 +26,9 @@ HOUR = 3_600_000_000
 
 
 def test_new_store_is_in_wal_mode_with_every_table(store: SQLiteStore) -> None:
-    conn = sqlite3.connect(store.path)
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # the same SQLite library as the store: two copies in one process break POSIX locks
+    conn = apsw.Connection(str(store.path))
+    assert conn.execute("PRAGMA journal_mode").get == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {
         "events",
@@ -207,7 +208,7 @@ def test_full_disk_rolls_back_the_batch(tmp_path: Path) -> None:
     with SQLiteStore(path, batch_size=500) as db:
         db.write_events([modbus_event(i) for i in range(500)])
         # SQLite reports SQLITE_FULL exactly as on a full disk once the file hits this limit
-        pages = db._conn.execute("PRAGMA page_count").fetchone()[0]
+        pages = db._conn.execute("PRAGMA page_count").get
         db._conn.execute(f"PRAGMA max_page_count = {pages + 2}")
         with pytest.raises(StoreError) as info:
             db.write_events([modbus_event(i) for i in range(500, 1000)])
@@ -222,7 +223,7 @@ def test_full_disk_rolls_back_the_batch(tmp_path: Path) -> None:
 def test_locked_database_is_reported_not_hung(tmp_path: Path) -> None:
     path = tmp_path / "soc.db"
     SQLiteStore(path).close()
-    holder = sqlite3.connect(path, isolation_level=None)
+    holder = apsw.Connection(str(path))
     holder.execute("BEGIN EXCLUSIVE")
     try:
         with SQLiteStore(path, busy_timeout_ms=200) as db, pytest.raises(StoreError) as info:
@@ -237,9 +238,8 @@ def test_locked_database_is_reported_not_hung(tmp_path: Path) -> None:
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "soc.db"
     SQLiteStore(path).close()
-    conn = sqlite3.connect(path)
+    conn = apsw.Connection(str(path))
     conn.execute("INSERT INTO _migrations VALUES ('9999_future', 'x')")
-    conn.commit()
     conn.close()
     with pytest.raises(StoreError, match="newer version"):
         SQLiteStore(path)
@@ -276,8 +276,8 @@ def test_kill_9_mid_batch_leaves_whole_batches_only(tmp_path: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # wait until a few batches are committed, then kill
         time.sleep(0.2)
-        with closing(sqlite3.connect(path)) as probe:
-            if probe.execute("SELECT count(*) FROM events").fetchone()[0] >= 3 * batch:
+        with closing(apsw.Connection(str(path))) as probe:
+            if probe.execute("SELECT count(*) FROM events").get >= 3 * batch:
                 break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
