@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from soc.errors import StoreError
@@ -16,6 +16,13 @@ if TYPE_CHECKING:
 
 #: A field name a query may name: dotted ECS paths, ``@timestamp``.
 FIELD_NAME = re.compile(r"^@?[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def check_field_name(name: str) -> str:
+    """``name`` when it is a dotted field name, else a ``StoreError`` (names reach the SQL)."""
+    if not FIELD_NAME.match(name):
+        raise StoreError(f"not a field name: {name!r}", location="query")
+    return name
 
 
 @dataclass(frozen=True)
@@ -35,8 +42,7 @@ class EventQuery:
 
     def __post_init__(self) -> None:
         for name, values in self.where:
-            if not FIELD_NAME.match(name):
-                raise StoreError(f"not a field name: {name!r}", location="query")
+            check_field_name(name)
             if not values:
                 raise StoreError(f"no value given for {name}", location="query")
         if self.limit < 1:
@@ -107,14 +113,7 @@ def iter_events(store: EventStore, query: EventQuery) -> Iterator[Event]:
         yield from page.events
         if page.next_cursor is None:
             return
-        query = EventQuery(
-            start_us=query.start_us,
-            end_us=query.end_us,
-            datasets=query.datasets,
-            where=query.where,
-            limit=query.limit,
-            cursor=page.next_cursor,
-        )
+        query = replace(query, cursor=page.next_cursor)
 
 
 def encode_cursor(*parts: int) -> str:

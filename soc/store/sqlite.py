@@ -24,7 +24,15 @@ import orjson
 
 from soc.errors import StoreError
 from soc.event import get_field, missing_fields, parse_timestamp
-from soc.store.base import EventQuery, Page, StoreInfo, WriteResult, decode_cursor, encode_cursor
+from soc.store.base import (
+    EventQuery,
+    Page,
+    StoreInfo,
+    WriteResult,
+    check_field_name,
+    decode_cursor,
+    encode_cursor,
+)
 from soc.store.migrations import MIGRATIONS, PROMOTED_FIELDS
 from soc.types import Event
 
@@ -212,7 +220,7 @@ class SQLiteStore:
         if by is None:
             sql = f"SELECT NULL, count(*) FROM events{clause}"  # noqa: S608 - built from checked names
         else:
-            expr = _field_sql(_checked(by))
+            expr = _field_sql(check_field_name(by))
             sql = f"SELECT {expr} AS value, count(*) AS n FROM events{clause} GROUP BY value ORDER BY n DESC, value"  # noqa: S608
         with self._errors("counting events"):
             return [(value, n) for value, n in self._conn.execute(sql, params)]
@@ -282,11 +290,6 @@ def _promoted(doc: Event, keys: tuple[str, ...], position: int) -> Any:
     if isinstance(value, (str, int, float)):
         return value
     raise StoreError(f"{'.'.join(keys)} must be a single value", location=f"event #{position}")
-
-
-def _checked(name: str) -> str:
-    EventQuery(where=((name, (None,)),))  # validates the field name
-    return name
 
 
 def _json_path(name: str) -> str:
