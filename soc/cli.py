@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,8 +19,7 @@ from soc import __version__
 from soc.config import Settings, iter_settings, load_settings
 from soc.errors import SocError, StoreError
 from soc.event import parse_timestamp
-from soc.store.base import EventQuery, iter_events, open_store
-from soc.store.sqlite import SQLiteStore
+from soc.store.base import EventQuery, EventStore, iter_events, open_store
 from soc.types import Event
 
 
@@ -118,11 +118,11 @@ def store_info(ctx: click.Context, as_json: bool) -> None:
 def store_check(ctx: click.Context) -> None:
     """Verify the database file's integrity; exit non-zero when it is damaged."""
     with _open(ctx) as db:
-        problems = db.check()
+        problems, location = db.check(), db.info().location
     if problems != ["ok"]:
         for line in problems:
             click.echo(line, err=True)
-        raise StoreError("integrity check failed", location=str(_settings(ctx).sqlite_path))
+        raise StoreError("integrity check failed", location=location)
     click.echo("ok")
 
 
@@ -135,11 +135,8 @@ def store_optimize(ctx: click.Context) -> None:
     click.echo("ok")
 
 
-def _open(ctx: click.Context) -> SQLiteStore:
-    settings = _settings(ctx)
-    opened = open_store(settings)
-    assert isinstance(opened, SQLiteStore)
-    return opened
+def _open(ctx: click.Context) -> closing[EventStore]:
+    return closing(open_store(_settings(ctx)))
 
 
 # -- events ----------------------------------------------------------------------------------

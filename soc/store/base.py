@@ -101,6 +101,14 @@ class EventStore(Protocol):
         """Backend, location, applied migrations, rows per table."""
         ...
 
+    def check(self) -> list[str]:
+        """Problems found by the backend's integrity check; ``["ok"]`` when sound."""
+        ...
+
+    def optimize(self) -> None:
+        """Refresh the statistics the backend plans queries with."""
+        ...
+
     def close(self) -> None:
         """Release the connection."""
         ...

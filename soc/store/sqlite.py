@@ -283,12 +283,10 @@ def _promoted(doc: Event, keys: tuple[str, ...], position: int) -> Any:
                 value = value[key]
     except (KeyError, TypeError, IndexError):
         return None
-    if type(value) in (str, int, float) or value is None:
+    if value is None or isinstance(value, (str, float)):
         return value
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, (str, int, float)):
-        return value
+    if isinstance(value, int):
+        return int(value)  # a bool is stored as 0 or 1, as SQLite's JSON functions read it
     raise StoreError(f"{'.'.join(keys)} must be a single value", location=f"event #{position}")
 
 
