@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -89,6 +89,14 @@ class EventStore(Protocol):
         """Store events in batches; each batch is all or nothing; known ids are skipped."""
         ...
 
+    def prepare(self, events: Iterable[Event], position: int = 0) -> Sequence[Any]:
+        """Validate and serialise events into what :meth:`write_prepared` stores (picklable)."""
+        ...
+
+    def write_prepared(self, prepared: Sequence[Any]) -> WriteResult:
+        """Store what :meth:`prepare` made; the writer process's half of a write."""
+        ...
+
     def query_events(self, query: EventQuery) -> Page:
         """One page of matching events in (time, arrival) order."""
         ...
@@ -140,6 +148,18 @@ def decode_cursor(cursor: str, arity: int) -> tuple[int, ...]:
     if len(parts) != arity:
         raise StoreError("not a valid cursor", location="query.cursor")
     return parts
+
+
+def prepare_function(settings: Settings) -> Callable[[Iterable[Event], int], Sequence[Any]]:
+    """The configured backend's pure ``prepare`` step, usable without opening the store."""
+    if settings.store.backend == "sqlite":
+        from soc.store.sqlite import prepare_rows
+
+        return prepare_rows
+    raise StoreError(
+        f"the {settings.store.backend} backend is not available in this version",
+        location="store.backend",
+    )
 
 
 def open_store(settings: Settings) -> EventStore:

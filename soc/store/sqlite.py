@@ -13,7 +13,7 @@ stored whole or not at all, even if the process is killed. ``INSERT OR IGNORE`` 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 _COLUMNS = {"@timestamp": "ts", "event.id": "id", "event.dataset": "dataset", **PROMOTED_FIELDS}
 _PROMOTED_PATHS = tuple(tuple(f.split(".")) for f in PROMOTED_FIELDS)
+Row = tuple[Any, ...]
+"""One row of the ``events`` table, as :func:`prepare_rows` makes it."""
 _INSERT_COLUMNS = ("id", "ts", "dataset", *PROMOTED_FIELDS.values(), "doc")
 _INSERT = f"INSERT OR IGNORE INTO events ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"  # noqa: S608
 _TABLES = (
@@ -183,14 +185,28 @@ class SQLiteStore:
         total = WriteResult()
         iterator = iter(events)
         while batch := list(itertools.islice(iterator, self.batch_size)):
-            rows = [
-                _event_row(doc, total.written + total.duplicates + i) for i, doc in enumerate(batch)
-            ]
+            total.add(self.write_prepared(prepare_rows(batch, total.written + total.duplicates)))
+        return total
+
+    @staticmethod
+    def prepare(events: Iterable[Event], position: int = 0) -> list[Row]:
+        """Rows for :meth:`write_prepared`; see :func:`prepare_rows`."""
+        return prepare_rows(events, position)
+
+    def write_prepared(self, rows: Sequence[Row]) -> WriteResult:
+        """Store rows made by :func:`prepare_rows` in one transaction per ``batch_size`` rows.
+
+        This is the writer's half of the split the collectors use: the parsing process validates
+        and serialises events into rows, a writer process (:mod:`soc.store.writer`) only inserts.
+        """
+        total = WriteResult()
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]
             before = self._conn.total_changes()
-            with self._errors(f"writing a batch of {len(rows)} events"), self._transaction():
-                self._conn.executemany(_INSERT, rows)
+            with self._errors(f"writing a batch of {len(chunk)} events"), self._transaction():
+                self._conn.executemany(_INSERT, chunk)
             written = self._conn.total_changes() - before
-            total.add(WriteResult(written, len(rows) - written, 1))
+            total.add(WriteResult(written, len(chunk) - written, 1))
         return total
 
     def query_events(self, query: EventQuery) -> Page:
@@ -245,7 +261,16 @@ class SQLiteStore:
             return [r[0] for r in self._conn.execute("PRAGMA integrity_check")]
 
 
-def _event_row(doc: Event, position: int) -> tuple[Any, ...]:
+def prepare_rows(events: Iterable[Event], position: int = 0) -> list[Row]:
+    """Validate and serialise events into the rows of the ``events`` table.
+
+    Pure and picklable, so it runs in the parsing process while a writer process inserts. A bad
+    event raises ``StoreError`` naming its position (``position`` is the first event's).
+    """
+    return [_event_row(doc, position + i) for i, doc in enumerate(events)]
+
+
+def _event_row(doc: Event, position: int) -> Row:
     try:  # the hot path: a well-formed nested document
         head = doc["event"]
         eid, dataset, stamp = head["id"], head["dataset"], doc["@timestamp"]
