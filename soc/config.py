@@ -66,6 +66,25 @@ class ElasticsearchSettings:
 
 
 @dataclass(frozen=True)
+class CollectSettings:
+    """The passive collectors: protocol ports, pairing and flow limits."""
+
+    modbus_ports: tuple[int, ...] = (502,)
+    response_timeout_ms: int = 5000  # a request unanswered this long is reported as such
+    idle_timeout_s: int = 300  # a flow silent this long (capture time) is closed
+    max_flows: int = 100_000  # flows tracked at once; the longest idle are evicted beyond
+    max_pending_kb: int = 256  # out-of-order bytes held per direction before a gap is declared
+    observer_name: str = ""  # observer.name of events; empty: this host's name
+
+    def __post_init__(self) -> None:
+        _require(all(0 < p < 65536 for p in self.modbus_ports), "collect.modbus_ports", "TCP ports")
+        _require(self.response_timeout_ms > 0, "collect.response_timeout_ms", "positive")
+        _require(self.idle_timeout_s > 0, "collect.idle_timeout_s", "positive")
+        _require(self.max_flows >= 10, "collect.max_flows", "at least 10")
+        _require(self.max_pending_kb >= 1, "collect.max_pending_kb", "at least 1")
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole configuration; ``sources`` says where each key's value came from."""
 
@@ -73,6 +92,7 @@ class Settings:
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     store: StoreSettings = field(default_factory=StoreSettings)
     sqlite: SqliteSettings = field(default_factory=SqliteSettings)
+    collect: CollectSettings = field(default_factory=CollectSettings)
     elasticsearch: ElasticsearchSettings = field(default_factory=ElasticsearchSettings)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -250,4 +270,10 @@ def _scalar(raw: Any, hint: Any, base: Path) -> Any:
         if not isinstance(raw, str):
             raise TypeError(raw)
         return raw
+    if typing.get_origin(hint) is tuple:  # a list in TOML, comma-separated in the environment
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if not isinstance(items, list | tuple):
+            raise TypeError(raw)
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        return tuple(_scalar(i.strip() if isinstance(i, str) else i, item, base) for i in items)
     raise TypeError(f"unsupported setting type {hint}")

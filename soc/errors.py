@@ -40,3 +40,7 @@ class RuleError(SocError):
 
 class AuthError(SocError):
     """Authentication or authorisation failed."""
+
+
+class CaptureError(SocError):
+    """A capture cannot be read (not a pcap, truncated, no permission); the location is the file."""

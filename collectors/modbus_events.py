@@ -1,0 +1,270 @@
+"""Modbus/TCP sessions: ADUs cut from the reassembled stream, requests paired with responses,
+one ECS event per message.
+
+Every ADU on the wire becomes exactly one event (``event.dataset: ics.modbus``) in the order its
+last byte was captured. A response carries its request's fields (``modbus.request.*``) and the
+response time; a response with no request in flight is flagged ``modbus.orphan``. A request left
+unanswered for ``collect.response_timeout_ms`` (or when its flow ends) adds one
+``unanswered_request`` event that names it, timed at the deadline. Bytes on a Modbus port that
+are not Modbus/TCP give one ``protocol_violation`` event per direction, never garbage fields.
+A PDU too short for its function code still gives its event, flagged ``malformed``, with its raw
+bytes, and is counted as a parse error with its location.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from collectors.modbus import READ_FUNCTIONS, WRITE_FUNCTIONS, dissect_pdu, frame_length, parse_mbap
+from collectors.normalize import FlowContext
+from soc.errors import DissectError
+from soc.event import format_timestamp
+from soc.types import Event
+
+DATASET = "ics.modbus"
+_ECHOES = frozenset({5, 6, 15, 16, 22})  # responses that repeat the request's address
+MAX_IN_FLIGHT = 1024  # requests awaiting a response per flow; beyond, the oldest are reported
+
+
+@dataclass
+class ModbusStats:
+    """Counts of one collection run."""
+
+    requests: int = 0
+    responses: int = 0
+    exceptions: int = 0
+    orphans: int = 0
+    unanswered: int = 0
+    violations: int = 0
+    malformed: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (location, message), first 1000
+
+
+@dataclass
+class _InFlight:
+    ts_us: int
+    frame: int
+    event_id: str
+    function_code: int
+    request: dict[str, Any]
+
+
+class ModbusSession:
+    """One Modbus/TCP connection: framing both directions, pairing, events."""
+
+    def __init__(
+        self,
+        context: FlowContext,
+        emit: Callable[[Event], None],
+        stats: ModbusStats,
+        observer: dict[str, Any],
+        location: Callable[[int], str],
+        timeout_us: int,
+    ) -> None:
+        self.context = context
+        self.emit = emit
+        self.stats = stats
+        self.observer = observer
+        self.location = location
+        self.timeout_us = timeout_us
+        self.buffers = {True: b"", False: b""}
+        self.buffer_seq = {True: 0, False: 0}
+        self.violated = {True: False, False: False}
+        #: requests awaiting a response by (transaction id, unit id), oldest first
+        self.in_flight: dict[tuple[int, int], list[_InFlight]] = {}
+        self.in_flight_count = 0
+
+    # -- stream ------------------------------------------------------------------------------
+
+    def data(self, to_server: bool, data: bytes, ts_us: int, frame: int, seq: int) -> None:
+        """In-order bytes of one direction (``seq``: the first byte's TCP sequence number)."""
+        buffer = self.buffers[to_server]
+        if buffer:
+            start_seq = self.buffer_seq[to_server]
+            buffer += data
+        else:
+            start_seq, buffer = seq, data
+        offset = 0
+        while True:
+            size = frame_length(buffer[offset : offset + 6])
+            if size == 0 or offset + size > len(buffer):
+                break
+            if size < 0:
+                self._violation(to_server, buffer[offset:], ts_us, frame, start_seq + offset)
+                offset = len(buffer)
+                break
+            self._adu(to_server, buffer[offset : offset + size], ts_us, frame, start_seq + offset)
+            offset += size
+        rest = buffer[offset:]
+        self.buffers[to_server] = rest
+        self.buffer_seq[to_server] = (start_seq + offset) % (1 << 32)
+
+    def gap(self, to_server: bool) -> None:
+        """Bytes were lost: drop the partial ADU; the next segment starts afresh."""
+        self.buffers[to_server] = b""
+
+    def expire(self, now_us: int) -> None:
+        """Report requests whose response is overdue."""
+        if not self.in_flight_count:
+            return
+        limit = now_us - self.timeout_us
+        for key in list(self.in_flight):
+            queue = self.in_flight[key]
+            while queue and queue[0].ts_us < limit:
+                self._unanswered(queue.pop(0))
+                self.in_flight_count -= 1
+            if not queue:
+                del self.in_flight[key]
+
+    def close(self) -> None:
+        """The flow ended: every request still in flight is unanswered."""
+        for queue in self.in_flight.values():
+            for pending in queue:
+                self._unanswered(pending)
+        self.in_flight.clear()
+        self.in_flight_count = 0
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def _adu(self, to_server: bool, adu: bytes, ts_us: int, frame: int, seq: int) -> None:
+        tid, _, length, unit = parse_mbap(adu)
+        doc = self.context.event(to_server, ts_us, DATASET, (to_server, seq, tid), self.observer)
+        record: dict[str, Any] = {"transaction_id": tid, "protocol_id": 0, "length": length,
+                                  "unit_id": unit, "frame": frame}  # fmt: skip
+        pending = None if to_server else self._pair(tid, unit, adu)
+        quantity = pending.request.get("quantity") if pending else None
+        try:
+            record.update(dissect_pdu(adu[7:], request=to_server, quantity=quantity))
+        except DissectError as exc:
+            self.stats.malformed += 1
+            self._error(frame, f"Modbus {'request' if to_server else 'response'}: {exc.message}")
+            code = adu[7] if len(adu) > 7 else 0
+            record.update({"function_code": code & 0x7F, "function_name": "unknown",
+                           "raw": adu[8:].hex(), "anomalies": ["malformed"]})  # fmt: skip
+        code = record["function_code"]
+        event = doc["event"]
+        event["action"] = record["function_name"]
+        event["type"] = ["protocol", _type(code)]
+        if to_server:
+            self.stats.requests += 1
+            record["pdu_type"] = "request"
+            event["outcome"] = "unknown"
+            self._track(tid, unit, ts_us, frame, event["id"], code, record.get("request", {}))
+        else:
+            self._response(record, event, pending, ts_us)
+        if record["function_name"] == "unknown" and "anomalies" not in record:
+            record["anomalies"] = ["unknown_function_code"]
+        doc["modbus"] = record
+        self.emit(doc)
+
+    def _response(
+        self, record: dict[str, Any], event: dict[str, Any], pending: _InFlight | None, ts_us: int
+    ) -> None:
+        self.stats.responses += 1
+        if "exception_code" in record:
+            self.stats.exceptions += 1
+            record["pdu_type"] = "exception"
+            event["outcome"] = "failure"
+        else:
+            record["pdu_type"] = "response"
+            event["outcome"] = "success"
+        if pending is None:
+            self.stats.orphans += 1
+            record["orphan"] = True
+            return
+        record["response_time_us"] = ts_us - pending.ts_us
+        record["request_frame"] = pending.frame
+        record["request_event_id"] = pending.event_id
+        if pending.request:
+            record["request"] = pending.request
+        if pending.function_code != record["function_code"]:
+            record.setdefault("anomalies", []).append("function_code_mismatch")
+
+    def _pair(self, tid: int, unit: int, adu: bytes) -> _InFlight | None:
+        """The request a response answers: the oldest in flight with its transaction and unit
+        ids; for the write codes whose response echoes the address, the oldest with that address
+        (a second response to an answered write is then an orphan, not a wrong pair)."""
+        queue = self.in_flight.get((tid, unit))
+        if not queue:
+            return None
+        index = 0
+        if len(adu) >= 10 and adu[7] in _ECHOES:
+            address = (adu[8] << 8) | adu[9]
+            index = next(
+                (i for i, r in enumerate(queue) if r.request.get("address") == address), -1
+            )
+            if index < 0:
+                return None
+        pending = queue.pop(index)
+        self.in_flight_count -= 1
+        if not queue:
+            del self.in_flight[(tid, unit)]
+        return pending
+
+    def _track(
+        self,
+        tid: int,
+        unit: int,
+        ts_us: int,
+        frame: int,
+        eid: str,
+        code: int,
+        request: dict[str, Any],
+    ) -> None:
+        if self.in_flight_count >= MAX_IN_FLIGHT:  # report the oldest rather than grow
+            key = min(self.in_flight, key=lambda k: self.in_flight[k][0].ts_us)
+            self._unanswered(self.in_flight[key].pop(0))
+            self.in_flight_count -= 1
+            if not self.in_flight[key]:
+                del self.in_flight[key]
+        summary = {k: v for k, v in request.items() if k != "values"}
+        self.in_flight.setdefault((tid, unit), []).append(
+            _InFlight(ts_us, frame, eid, code, summary)
+        )
+        self.in_flight_count += 1
+
+    def _unanswered(self, pending: _InFlight) -> None:
+        self.stats.unanswered += 1
+        ts_us = pending.ts_us + self.timeout_us
+        doc = self.context.event(
+            True, ts_us, DATASET, ("unanswered", pending.event_id), self.observer
+        )
+        doc["@timestamp"] = format_timestamp(ts_us)
+        event = doc["event"]
+        event.update({"action": "unanswered_request", "type": ["protocol", "info"],
+                      "outcome": "failure"})  # fmt: skip
+        doc["modbus"] = {
+            "function_code": pending.function_code,
+            "pdu_type": "unanswered_request",
+            "request_frame": pending.frame,
+            "request_event_id": pending.event_id,
+            "request": pending.request,
+            "response_timeout_us": self.timeout_us,
+        }
+        self.emit(doc)
+
+    def _violation(self, to_server: bool, data: bytes, ts_us: int, frame: int, seq: int) -> None:
+        self.stats.violations += 1
+        self._error(frame, "bytes on a Modbus port that are not Modbus/TCP (protocol id or length)")
+        if self.violated[to_server]:
+            return
+        self.violated[to_server] = True
+        doc = self.context.event(
+            to_server, ts_us, DATASET, ("violation", to_server, seq), self.observer
+        )
+        doc["event"].update({"action": "protocol_violation", "type": ["protocol", "info"],
+                             "outcome": "failure"})  # fmt: skip
+        doc["modbus"] = {"pdu_type": "protocol_violation", "anomalies": ["not_modbus"],
+                         "raw": data[:64].hex()}  # fmt: skip
+        self.emit(doc)
+
+    def _error(self, frame: int, message: str) -> None:
+        if len(self.stats.errors) < 1000:
+            self.stats.errors.append((self.location(frame), message))
+
+
+def _type(code: int) -> str:
+    """ECS ``event.type`` beside ``protocol``: reads and writes of data are ``access``."""
+    return "access" if code in READ_FUNCTIONS or code in WRITE_FUNCTIONS else "info"

@@ -1,0 +1,252 @@
+"""The collector: frames in, ECS events out, with the run's counts.
+
+:class:`Collector` is the hot loop's state and takes frames from any source (capture files,
+a live interface): link and IP headers are decoded (:mod:`collectors.packet`), TCP flows tracked
+and reassembled (:mod:`collectors.reassembly`), each flow's protocol found by port or, failing
+that, by content (as Zeek's dynamic protocol detection does), and the bytes handed to that
+protocol's session, which emits events. Events accumulate in :attr:`Collector.events` until
+the caller takes them (:meth:`Collector.take`), so sinks are batched and the core does no I/O.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from collectors.capture import Frame
+from collectors.modbus import plausible_adu
+from collectors.modbus_events import ModbusSession, ModbusStats
+from collectors.normalize import FlowContext
+from collectors.packet import TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet, decode
+from collectors.reassembly import Direction, Flow, FlowTable, StreamStats, flow_key
+from soc.config import CollectSettings
+from soc.types import Event
+
+NO_PROTOCOL = ""
+
+
+@dataclass
+class CollectStats:
+    """What a run saw; :meth:`summary` is what ``soc collect`` prints at the end."""
+
+    frames: int = 0
+    tcp: int = 0
+    udp: int = 0
+    not_decoded: Counter[str] = field(default_factory=Counter)
+    pdus: Counter[str] = field(default_factory=Counter)
+    events: int = 0
+    capture_errors: list[tuple[str, str]] = field(default_factory=list)
+    stream: StreamStats = field(default_factory=StreamStats)
+    modbus: ModbusStats = field(default_factory=ModbusStats)
+
+    @property
+    def parse_errors(self) -> int:
+        """Malformed PDUs, protocol violations and unreadable capture records."""
+        return self.modbus.malformed + self.modbus.violations + len(self.capture_errors)
+
+    def summary(self) -> dict[str, Any]:
+        """The closing summary as plain data."""
+        return {
+            "frames": self.frames,
+            "packets": {"tcp": self.tcp, "udp": self.udp, **dict(self.not_decoded)},
+            "flows": self.stream.flows,
+            "pdus": dict(self.pdus),
+            "events": self.events,
+            "parse_errors": self.parse_errors,
+            "gaps": self.stream.gaps,
+            "gap_bytes": self.stream.gap_bytes,
+            "retransmissions": self.stream.retransmitted,
+            "out_of_order": self.stream.out_of_order,
+            "evicted_flows": self.stream.evicted_flows,
+            "modbus": {
+                "requests": self.modbus.requests,
+                "responses": self.modbus.responses,
+                "exceptions": self.modbus.exceptions,
+                "unanswered": self.modbus.unanswered,
+                "orphans": self.modbus.orphans,
+                "violations": self.modbus.violations,
+                "malformed": self.modbus.malformed,
+            },
+            "errors": [
+                {"location": loc, "message": msg}
+                for loc, msg in (self.capture_errors + self.modbus.errors)[:50]
+            ],
+        }
+
+
+class Collector:
+    """Frames to events; one instance per run (flows carry across the files of a directory)."""
+
+    def __init__(self, settings: CollectSettings | None = None) -> None:
+        self.settings = settings or CollectSettings()
+        self.stats = CollectStats()
+        self.events: list[Event] = []
+        self.source = "capture"
+        self.observer = {
+            "name": self.settings.observer_name or socket.gethostname(),
+            "type": "sensor",
+            "vendor": "ics-soc",
+            "product": "soc collect",
+        }
+        self.modbus_ports = frozenset(self.settings.modbus_ports)
+        self.flows = FlowTable(
+            self.settings.max_flows, self.settings.idle_timeout_s * 1_000_000, self.stats.stream
+        )
+        self._timeout_us = self.settings.response_timeout_ms * 1000
+        self._max_pending = self.settings.max_pending_kb * 1024
+        self._next_tick = 0
+
+    def take(self) -> list[Event]:
+        """The events emitted since the last call, in emission order."""
+        events, self.events = self.events, []
+        return events
+
+    def capture_error(self, location: str, message: str) -> None:
+        """Count a capture that could not be read whole."""
+        self.stats.capture_errors.append((location, message))
+
+    def frame(self, frame: Frame) -> None:
+        """One captured frame."""
+        self.stats.frames += 1
+        packet = decode(frame.linktype, frame.data)
+        if not isinstance(packet, Packet):
+            self.stats.not_decoded[packet.reason] += 1
+            return
+        ts_us = frame.ts_us
+        if ts_us >= self._next_tick:
+            self._tick(ts_us)
+        if packet.transport != TCP:
+            self.stats.udp += 1  # UDP protocols (DLMS over UDP) arrive with their issue
+            return
+        self.stats.tcp += 1
+        key = flow_key(packet.src_ip, packet.src_port, packet.dst_ip, packet.dst_port)
+        flow = self.flows.get(key)
+        if (
+            flow is not None
+            and flow.closing
+            and packet.flags & TCP_SYN
+            and not packet.flags & TCP_ACK
+        ):
+            self._close(self.flows.remove(key))  # the port pair is reused by a new connection
+            flow = None
+        if flow is None:
+            flow = self._new_flow(key, packet, ts_us)
+        flow.last_ts = ts_us
+        if flow.protocol is None:
+            if not packet.payload:
+                return
+            self._identify(flow, packet)
+        if flow.protocol == NO_PROTOCOL:
+            if packet.flags & (TCP_RST | TCP_FIN):
+                self.flows.remove(key)
+            return
+        to_server = (packet.src_ip, packet.src_port) == flow.client
+        ahead, back = (
+            (flow.to_server, flow.to_client) if to_server else (flow.to_client, flow.to_server)
+        )
+        assert ahead is not None
+        assert back is not None
+        flags = packet.flags
+        ahead.segment(packet.seq, packet.payload, ts_us, frame.number, bool(flags & TCP_SYN))
+        if flags & TCP_ACK:
+            back.acknowledged(packet.ack)
+        if flags & (TCP_RST | TCP_FIN):  # kept until idle: retransmissions may still fill holes
+            flow.closing |= 4 if flags & TCP_RST else (1 if to_server else 2)
+
+    def finish(self) -> None:
+        """End of input: close every flow (unanswered requests are reported)."""
+        for flow in list(self.flows.drain()):
+            self._close(flow)
+
+    # -- flows ---------------------------------------------------------------------------------
+
+    def _new_flow(self, key: tuple[bytes, int, bytes, int], packet: Packet, ts_us: int) -> Flow:
+        src, dst = (packet.src_ip, packet.src_port), (packet.dst_ip, packet.dst_port)
+        syn, ack = packet.flags & TCP_SYN, packet.flags & TCP_ACK
+        if syn and not ack:
+            client, server, known = src, dst, True
+        elif syn and ack:
+            client, server, known = dst, src, True
+        elif packet.dst_port in self.modbus_ports or (
+            packet.src_port not in self.modbus_ports and packet.dst_port < packet.src_port
+        ):
+            client, server, known = src, dst, False
+        else:
+            client, server, known = dst, src, False
+        flow = Flow(key, client, server, ts_us, ts_us, known)
+        flow.data["macs"] = (
+            (packet.src_mac, packet.dst_mac) if src == client else (packet.dst_mac, packet.src_mac)
+        )
+        if self.modbus_ports and (client[1] in self.modbus_ports or server[1] in self.modbus_ports):
+            self._start(flow, "modbus")
+        for old in self.flows.add(flow):
+            self._close(old)
+        return flow
+
+    def _identify(self, flow: Flow, packet: Packet) -> None:
+        """Dynamic protocol detection on the first payload of a flow on no known port."""
+        if plausible_adu(packet.payload):
+            if not flow.client_known and (packet.src_ip, packet.src_port) == flow.server:
+                flow.client, flow.server = flow.server, flow.client  # the first ADU is a request
+                flow.data["macs"] = flow.data["macs"][::-1]
+            self._start(flow, "modbus")
+        else:
+            flow.protocol = NO_PROTOCOL
+
+    def _start(self, flow: Flow, protocol: str) -> None:
+        flow.protocol = protocol
+        client_mac, server_mac = flow.data["macs"]
+        context = FlowContext(
+            "tcp", protocol, (*flow.client, client_mac), (*flow.server, server_mac)
+        )
+        source = self.source
+        session = ModbusSession(
+            context,
+            self._emit_modbus,
+            self.stats.modbus,
+            self.observer,
+            lambda number: f"{source}: frame {number}",
+            self._timeout_us,
+        )
+        flow.session = session
+        stats, limit = self.stats.stream, self._max_pending
+        flow.to_server = Direction(
+            lambda d, t, f, s: session.data(True, d, t, f, s),
+            lambda: session.gap(True),
+            stats,
+            limit,
+        )
+        flow.to_client = Direction(
+            lambda d, t, f, s: session.data(False, d, t, f, s),
+            lambda: session.gap(False),
+            stats,
+            limit,
+        )
+
+    def _emit_modbus(self, event: Event) -> None:
+        self.stats.pdus["modbus"] += 1 if event["modbus"].get("pdu_type") in _MESSAGES else 0
+        self.stats.events += 1
+        self.events.append(event)
+
+    def _close(self, flow: Flow | None) -> None:
+        if flow is None or not flow.protocol:
+            return
+        assert flow.to_server is not None
+        assert flow.to_client is not None
+        flow.to_server.finish()
+        flow.to_client.finish()
+        flow.session.close()
+
+    def _tick(self, now_us: int) -> None:
+        """Once a second of capture time: idle flows closed, overdue requests reported."""
+        self._next_tick = now_us + 1_000_000
+        for flow in list(self.flows.expire(now_us)):
+            self._close(flow)
+        for flow in self.flows.flows.values():
+            if flow.session is not None:
+                flow.session.expire(now_us)
+
+
+_MESSAGES = frozenset({"request", "response", "exception"})
