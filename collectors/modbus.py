@@ -347,7 +347,7 @@ def _mei_response(body: bytes, quantity: int | None) -> Decoded:
     extra: dict[str, Any] = {"mei_type": mei, "mei_name": MEI_TYPES.get(mei, "unknown")}
     if mei != 14:
         return {"data": body[1:].hex()}, extra
-    code, conformity, more, next_id, count = struct.unpack_from("!BBBBB", _need(body, 6, 43))
+    code, conformity, more, next_id, count = struct.unpack_from("!BBBBB", _need(body, 6, 43), 1)
     objects: dict[str, str] = {}
     pos = 6
     for _ in range(count):

@@ -17,7 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from collectors.modbus import READ_FUNCTIONS, WRITE_FUNCTIONS, dissect_pdu, frame_length, parse_mbap
+from collectors.modbus import (
+    READ_FUNCTIONS,
+    WRITE_FUNCTIONS,
+    dissect_pdu,
+    frame_length,
+    parse_mbap,
+    plausible_adu,
+)
 from collectors.normalize import FlowContext
 from soc.errors import DissectError
 from soc.event import format_timestamp
@@ -39,6 +46,7 @@ class ModbusStats:
     unanswered: int = 0
     violations: int = 0
     malformed: int = 0
+    resyncs: int = 0  # times the framing skipped bytes to find an ADU header (mid-stream, gaps)
     errors: list[tuple[str, str]] = field(default_factory=list)  # (location, message), first 1000
 
 
@@ -72,6 +80,7 @@ class ModbusSession:
         self.buffers = {True: b"", False: b""}
         self.buffer_seq = {True: 0, False: 0}
         self.violated = {True: False, False: False}
+        self.synced = {True: False, False: False}  # an ADU parsed since the start or a gap
         #: requests awaiting a response by (transaction id, unit id), oldest first
         self.in_flight: dict[tuple[int, int], list[_InFlight]] = {}
         self.in_flight_count = 0
@@ -92,9 +101,15 @@ class ModbusSession:
             if size == 0 or offset + size > len(buffer):
                 break
             if size < 0:
+                skip = -1 if self.synced[to_server] else _resync(buffer, offset)
+                if skip > 0:  # a capture that starts mid-stream, or resumes after a gap
+                    self.stats.resyncs += 1
+                    offset += skip
+                    continue
                 self._violation(to_server, buffer[offset:], ts_us, frame, start_seq + offset)
                 offset = len(buffer)
                 break
+            self.synced[to_server] = True
             self._adu(to_server, buffer[offset : offset + size], ts_us, frame, start_seq + offset)
             offset += size
         rest = buffer[offset:]
@@ -104,6 +119,7 @@ class ModbusSession:
     def gap(self, to_server: bool) -> None:
         """Bytes were lost: drop the partial ADU; the next segment starts afresh."""
         self.buffers[to_server] = b""
+        self.synced[to_server] = False
 
     def expire(self, now_us: int) -> None:
         """Report requests whose response is overdue."""
@@ -263,6 +279,14 @@ class ModbusSession:
     def _error(self, frame: int, message: str) -> None:
         if len(self.stats.errors) < 1000:
             self.stats.errors.append((self.location(frame), message))
+
+
+def _resync(buffer: bytes, offset: int) -> int:
+    """Bytes to skip from ``offset`` to a point where the rest is whole, plausible ADUs; -1 if none."""
+    for skip in range(1, min(len(buffer) - offset, 260)):
+        if plausible_adu(buffer[offset + skip :]):
+            return skip
+    return -1
 
 
 def _type(code: int) -> str:

@@ -68,6 +68,7 @@ class CollectStats:
                 "orphans": self.modbus.orphans,
                 "violations": self.modbus.violations,
                 "malformed": self.modbus.malformed,
+                "resyncs": self.modbus.resyncs,
             },
             "errors": [
                 {"location": loc, "message": msg}
@@ -149,9 +150,9 @@ class Collector:
         assert ahead is not None
         assert back is not None
         flags = packet.flags
-        ahead.segment(packet.seq, packet.payload, ts_us, frame.number, bool(flags & TCP_SYN))
-        if flags & TCP_ACK:
+        if flags & TCP_ACK:  # first: bytes the peer acknowledged come before this segment's reply
             back.acknowledged(packet.ack)
+        ahead.segment(packet.seq, packet.payload, ts_us, frame.number, bool(flags & TCP_SYN))
         if flags & (TCP_RST | TCP_FIN):  # kept until idle: retransmissions may still fill holes
             flow.closing |= 4 if flags & TCP_RST else (1 if to_server else 2)
 

@@ -271,3 +271,108 @@ def events_query(
         out.flush()
         if page.next_cursor:
             click.echo(f"next-cursor: {page.next_cursor}", err=True)
+
+
+# -- collect ---------------------------------------------------------------------------------
+
+
+@main.command("collect")
+@click.option(
+    "--pcap",
+    "captures",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True),
+    help="A pcap/pcapng file (.gz, .zip too) or a directory of captures; repeat for several.",
+)
+@click.option("--iface", help="Capture live from this interface (needs root or CAP_NET_RAW).")
+@click.option("--filter", "bpf", help="BPF filter for live capture, e.g. 'tcp port 502'.")
+@click.option("--duration", type=click.FloatRange(min=0), help="Stop live capture after N seconds.")
+@click.option(
+    "--jsonl",
+    "jsonl",
+    type=click.File("wb", lazy=False),
+    help="Write ECS events as JSON lines to this file ('-' for standard output) instead of the store.",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
+)
+@click.option("--summary-json", is_flag=True, help="Print the closing summary as JSON.")
+@click.pass_context
+def collect(
+    ctx: click.Context,
+    captures: tuple[Path, ...],
+    iface: str | None,
+    bpf: str | None,
+    duration: float | None,
+    jsonl: IO[bytes] | None,
+    progress: bool | None,
+    summary_json: bool,
+) -> None:
+    """Dissect Modbus/TCP traffic from captures or a live interface into ECS events.
+
+    Events go to the configured store, or to --jsonl. The summary (packets, flows, PDUs per
+    protocol, parse errors with their location, gaps) is printed to standard error at the end.
+    """
+    from collectors.pipeline import Collector
+    from collectors.run import JsonlSink, StoreSink, collect_files, collect_frames, total_bytes
+
+    if bool(captures) == bool(iface):
+        raise click.UsageError("give --pcap FILE (one or more) or --iface IF")
+    settings = _settings(ctx)
+    collector = Collector(settings.collect)
+    sink: JsonlSink | StoreSink = JsonlSink(jsonl) if jsonl is not None else StoreSink(settings)
+    try:
+        if captures:
+            show = sys.stderr.isatty() if progress is None else progress
+            if show:
+                with click.progressbar(
+                    length=total_bytes(captures) or 1, label="collecting", file=sys.stderr
+                ) as bar:
+                    collect_files(captures, collector, sink, bar.update)
+            else:
+                collect_files(captures, collector, sink)
+        else:
+            assert iface is not None
+            from collectors.live import LiveCapture
+
+            with LiveCapture(iface, bpf) as live:
+                collector.source = f"live:{iface}"
+                try:
+                    collect_frames(live.batches(duration_s=duration), collector, sink)
+                except KeyboardInterrupt:
+                    collector.finish()
+                    sink.write(collector.take())
+                stats = live.stats()
+                collector.stats.not_decoded["kernel_dropped"] += stats.kernel_dropped
+    finally:
+        sink.close()
+    summary = collector.stats.summary()
+    if isinstance(sink, StoreSink):
+        summary["stored"] = {"written": sink.written, "duplicates": sink.duplicates}
+    if summary_json:
+        click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode(), err=True)
+    else:
+        _print_summary(summary)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    packets = summary["packets"]
+    lines = [
+        f"frames {summary['frames']:,}: tcp {packets.get('tcp', 0):,}, udp {packets.get('udp', 0):,}"
+        + "".join(f", {k} {v:,}" for k, v in packets.items() if k not in ("tcp", "udp")),
+        f"flows {summary['flows']:,}; gaps {summary['gaps']:,} ({summary['gap_bytes']:,} bytes); "
+        f"retransmissions {summary['retransmissions']:,}; out of order {summary['out_of_order']:,}",
+        "PDUs "
+        + (", ".join(f"{k} {v:,}" for k, v in summary["pdus"].items()) or "none")
+        + f"; events {summary['events']:,}",
+        "modbus " + ", ".join(f"{k} {v:,}" for k, v in summary["modbus"].items()),
+        f"parse errors {summary['parse_errors']:,}",
+    ]
+    lines += [f"  {e['location']}: {e['message']}" for e in summary["errors"][:20]]
+    if "stored" in summary:
+        lines.append(
+            f"stored {summary['stored']['written']:,} events "
+            f"({summary['stored']['duplicates']:,} already present)"
+        )
+    for line in lines:
+        click.echo(line, err=True)
