@@ -50,6 +50,7 @@ test: check pytest  ## what CI runs: ruff, mypy, pytest
 
 bench: install  ## benchmarks: each prints our figure beside the peer's
 	$(BIN)/python -m bench.store_ingest
+	$(BIN)/python -m bench.collect_modbus
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache .hypothesis
