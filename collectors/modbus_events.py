@@ -27,7 +27,6 @@ from collectors.modbus import (
 )
 from collectors.normalize import FlowContext
 from soc.errors import DissectError
-from soc.event import format_timestamp
 from soc.types import Event
 
 DATASET = "ics.modbus"
@@ -247,7 +246,6 @@ class ModbusSession:
         doc = self.context.event(
             True, ts_us, DATASET, ("unanswered", pending.event_id), self.observer
         )
-        doc["@timestamp"] = format_timestamp(ts_us)
         event = doc["event"]
         event.update({"action": "unanswered_request", "type": ["protocol", "info"],
                       "outcome": "failure"})  # fmt: skip
