@@ -37,6 +37,7 @@ PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
 PCAPNG_SHB = 0x0A0D0D0A
 PCAPNG_BYTE_ORDER = 0x1A2B3C4D
+CHUNK = 1 << 20  # bytes read at a time
 MAX_RECORD = 262_144 * 4  # larger than any snaplen in use: a bigger length means corruption
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".dmp", ".pcap.gz", ".pcapng.gz", ".zip")
 
@@ -113,35 +114,41 @@ def _pcap(stream: IO[bytes], order: str, nanos: bool, name: str) -> Iterator[Fra
     if len(header) < 20:
         raise CaptureError("truncated pcap global header", location=name)
     linktype = struct.unpack(order + "HHiIII", header)[5] & 0x0FFFFFFF  # top bits: FCS length
-    record = struct.Struct(order + "IIII")
+    unpack = struct.Struct(order + "IIII").unpack_from
     read = stream.read
     divisor = 1000 if nanos else 1
-    offset = 24
-    number = 0
-    while True:
-        raw = read(16)
-        if not raw:
+    buffer, pos, base, number, eof = b"", 0, 24, 0, False  # base: the file offset of buffer[0]
+    while True:  # records are cut from chunks: one read per chunk, not two per frame
+        size = len(buffer)
+        while pos + 16 <= size:
+            seconds, fraction, incl_len, _ = unpack(buffer, pos)
+            if incl_len > MAX_RECORD:
+                raise CaptureError(
+                    f"record length {incl_len} is not plausible (corrupt file)",
+                    location=f"{name}: frame {number + 1}, offset {base + pos}",
+                )
+            end = pos + 16 + incl_len
+            if end > size:
+                break
+            number += 1
+            data = buffer[pos + 16 : end]
+            yield Frame(number, seconds * 1_000_000 + fraction // divisor, linktype, data)
+            pos = end
+        if eof:
+            if pos < size:
+                where = f"{name}: frame {number + 1}, offset {base + pos}"
+                if size - pos < 16:
+                    raise CaptureError("the file ends inside a record header", location=where)
+                incl_len = unpack(buffer, pos)[2]
+                raise CaptureError(
+                    f"the file ends inside a frame ({size - pos - 16} of {incl_len} bytes)",
+                    location=where,
+                )
             return
-        number += 1
-        if len(raw) < 16:
-            raise CaptureError(
-                "the file ends inside a record header",
-                location=f"{name}: frame {number}, offset {offset}",
-            )
-        seconds, fraction, incl_len, _ = record.unpack(raw)
-        if incl_len > MAX_RECORD:
-            raise CaptureError(
-                f"record length {incl_len} is not plausible (corrupt file)",
-                location=f"{name}: frame {number}, offset {offset}",
-            )
-        data = read(incl_len)
-        if len(data) < incl_len:
-            raise CaptureError(
-                f"the file ends inside a frame ({len(data)} of {incl_len} bytes)",
-                location=f"{name}: frame {number}, offset {offset}",
-            )
-        offset += 16 + incl_len
-        yield Frame(number, seconds * 1_000_000 + fraction // divisor, linktype, data)
+        chunk = read(CHUNK)
+        eof = not chunk
+        base += pos
+        buffer, pos = buffer[pos:] + chunk, 0
 
 
 def _pcapng(stream: IO[bytes], first: bytes, name: str) -> Iterator[Frame]:

@@ -13,25 +13,28 @@ bytes, and is counted as a parse error with its location.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from collectors.modbus import (
+    MAX_LENGTH_FIELD,
     READ_FUNCTIONS,
     WRITE_FUNCTIONS,
     dissect_pdu,
     frame_length,
-    parse_mbap,
     plausible_adu,
 )
 from collectors.normalize import FlowContext
 from soc.errors import DissectError
+from soc.event import event_id, stream_event_id
 from soc.types import Event
 
 DATASET = "ics.modbus"
 _ECHOES = frozenset({5, 6, 15, 16, 22})  # responses that repeat the request's address
 MAX_IN_FLIGHT = 1024  # requests awaiting a response per flow; beyond, the oldest are reported
+_MBAP = struct.Struct("!HHHB")
 
 
 @dataclass
@@ -83,6 +86,7 @@ class ModbusSession:
         #: requests awaiting a response by (transaction id, unit id), oldest first
         self.in_flight: dict[tuple[int, int], list[_InFlight]] = {}
         self.in_flight_count = 0
+        self.tags = {d: context.stream_tag(DATASET, d) for d in (True, False)}
 
     # -- stream ------------------------------------------------------------------------------
 
@@ -93,6 +97,17 @@ class ModbusSession:
             start_seq = self.buffer_seq[to_server]
             buffer += data
         else:
+            size = len(data)  # the usual case first: one whole ADU in one segment
+            if (
+                size >= 8
+                and not data[2]
+                and not data[3]
+                and ((data[4] << 8) | data[5]) + 6 == size
+                and size <= MAX_LENGTH_FIELD + 6
+            ):
+                self.synced[to_server] = True
+                self._adu(to_server, data, ts_us, frame, seq)
+                return
             start_seq, buffer = seq, data
         offset = 0
         while True:
@@ -111,8 +126,7 @@ class ModbusSession:
             self.synced[to_server] = True
             self._adu(to_server, buffer[offset : offset + size], ts_us, frame, start_seq + offset)
             offset += size
-        rest = buffer[offset:]
-        self.buffers[to_server] = rest
+        self.buffers[to_server] = buffer[offset:]
         self.buffer_seq[to_server] = (start_seq + offset) % (1 << 32)
 
     def gap(self, to_server: bool) -> None:
@@ -144,51 +158,54 @@ class ModbusSession:
     # -- messages ----------------------------------------------------------------------------
 
     def _adu(self, to_server: bool, adu: bytes, ts_us: int, frame: int, seq: int) -> None:
-        tid, _, length, unit = parse_mbap(adu)
-        doc = self.context.event(to_server, ts_us, DATASET, (to_server, seq, tid), self.observer)
-        record: dict[str, Any] = {"transaction_id": tid, "protocol_id": 0, "length": length,
-                                  "unit_id": unit, "frame": frame}  # fmt: skip
+        tid, _, length, unit = _MBAP.unpack_from(adu)
+        eid = stream_event_id(ts_us, self.tags[to_server], seq)
         pending = None if to_server else self._pair(tid, unit, adu)
-        quantity = pending.request.get("quantity") if pending else None
         try:
-            record.update(dissect_pdu(adu[7:], request=to_server, quantity=quantity))
+            record = dissect_pdu(
+                adu[7:],
+                request=to_server,
+                quantity=pending.request.get("quantity") if pending else None,
+            )
         except DissectError as exc:
             self.stats.malformed += 1
             self._error(frame, f"Modbus {'request' if to_server else 'response'}: {exc.message}")
             code = adu[7] if len(adu) > 7 else 0
-            record.update({"function_code": code & 0x7F, "function_name": "unknown",
-                           "raw": adu[8:].hex(), "anomalies": ["malformed"]})  # fmt: skip
+            record = {"function_code": code & 0x7F, "function_name": "unknown",
+                      "raw": adu[8:].hex(), "anomalies": ["malformed"]}  # fmt: skip
         code = record["function_code"]
-        event = doc["event"]
-        event["action"] = record["function_name"]
-        event["type"] = ["protocol", _type(code)]
         if to_server:
             self.stats.requests += 1
+            outcome = "unknown"
             record["pdu_type"] = "request"
-            event["outcome"] = "unknown"
-            self._track(tid, unit, ts_us, frame, event["id"], code, record.get("request", {}))
+            self._track(tid, unit, ts_us, frame, eid, code, record.get("request"))
         else:
-            self._response(record, event, pending, ts_us)
+            outcome = self._response(record, pending, ts_us)
         if record["function_name"] == "unknown" and "anomalies" not in record:
             record["anomalies"] = ["unknown_function_code"]
-        doc["modbus"] = record
+        doc = self.context.event(to_server, ts_us, eid, DATASET, self.observer)
+        event = doc["event"]
+        event["action"] = record["function_name"]
+        event["type"] = ["protocol", "access" if code in _ACCESS else "info"]
+        event["outcome"] = outcome
+        doc["modbus"] = {"transaction_id": tid, "protocol_id": 0, "length": length,
+                         "unit_id": unit, "frame": frame, **record}  # fmt: skip
         self.emit(doc)
 
-    def _response(
-        self, record: dict[str, Any], event: dict[str, Any], pending: _InFlight | None, ts_us: int
-    ) -> None:
+    def _response(self, record: dict[str, Any], pending: _InFlight | None, ts_us: int) -> str:
+        """Pairing fields of a response or exception; its ``event.outcome``."""
         self.stats.responses += 1
         if "exception_code" in record:
             self.stats.exceptions += 1
             record["pdu_type"] = "exception"
-            event["outcome"] = "failure"
+            outcome = "failure"
         else:
             record["pdu_type"] = "response"
-            event["outcome"] = "success"
+            outcome = "success"
         if pending is None:
             self.stats.orphans += 1
             record["orphan"] = True
-            return
+            return outcome
         record["response_time_us"] = ts_us - pending.ts_us
         record["request_frame"] = pending.frame
         record["request_event_id"] = pending.event_id
@@ -196,6 +213,7 @@ class ModbusSession:
             record["request"] = pending.request
         if pending.function_code != record["function_code"]:
             record.setdefault("anomalies", []).append("function_code_mismatch")
+        return outcome
 
     def _pair(self, tid: int, unit: int, adu: bytes) -> _InFlight | None:
         """The request a response answers: the oldest in flight with its transaction and unit
@@ -226,7 +244,7 @@ class ModbusSession:
         frame: int,
         eid: str,
         code: int,
-        request: dict[str, Any],
+        request: dict[str, Any] | None,
     ) -> None:
         if self.in_flight_count >= MAX_IN_FLIGHT:  # report the oldest rather than grow
             key = min(self.in_flight, key=lambda k: self.in_flight[k][0].ts_us)
@@ -234,7 +252,7 @@ class ModbusSession:
             self.in_flight_count -= 1
             if not self.in_flight[key]:
                 del self.in_flight[key]
-        summary = {k: v for k, v in request.items() if k != "values"}
+        summary = {k: v for k, v in request.items() if k != "values"} if request else {}
         self.in_flight.setdefault((tid, unit), []).append(
             _InFlight(ts_us, frame, eid, code, summary)
         )
@@ -243,9 +261,8 @@ class ModbusSession:
     def _unanswered(self, pending: _InFlight) -> None:
         self.stats.unanswered += 1
         ts_us = pending.ts_us + self.timeout_us
-        doc = self.context.event(
-            True, ts_us, DATASET, ("unanswered", pending.event_id), self.observer
-        )
+        eid = event_id(ts_us, DATASET, "unanswered", pending.event_id)
+        doc = self.context.event(True, ts_us, eid, DATASET, self.observer)
         event = doc["event"]
         event.update({"action": "unanswered_request", "type": ["protocol", "info"],
                       "outcome": "failure"})  # fmt: skip
@@ -265,9 +282,8 @@ class ModbusSession:
         if self.violated[to_server]:
             return
         self.violated[to_server] = True
-        doc = self.context.event(
-            to_server, ts_us, DATASET, ("violation", to_server, seq), self.observer
-        )
+        eid = event_id(ts_us, DATASET, self.context.community_id, "violation", to_server, seq)
+        doc = self.context.event(to_server, ts_us, eid, DATASET, self.observer)
         doc["event"].update({"action": "protocol_violation", "type": ["protocol", "info"],
                              "outcome": "failure"})  # fmt: skip
         doc["modbus"] = {"pdu_type": "protocol_violation", "anomalies": ["not_modbus"],
@@ -287,6 +303,4 @@ def _resync(buffer: bytes, offset: int) -> int:
     return -1
 
 
-def _type(code: int) -> str:
-    """ECS ``event.type`` beside ``protocol``: reads and writes of data are ``access``."""
-    return "access" if code in READ_FUNCTIONS or code in WRITE_FUNCTIONS else "info"
+_ACCESS = READ_FUNCTIONS | WRITE_FUNCTIONS  # ECS event.type "access": reads and writes of data

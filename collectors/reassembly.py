@@ -175,14 +175,24 @@ def flow_key(src: bytes, sport: int, dst: bytes, dport: int) -> tuple[bytes, int
     return (src, sport, dst, dport) if (src, sport) <= (dst, dport) else (dst, dport, src, sport)
 
 
+Side = tuple[bytes, int, bytes, int]
+"""A direction's key: (source address, source port, destination address, destination port)."""
+
+
 class FlowTable:
-    """Flows by key, bounded: the longest idle flows are evicted when ``max_flows`` is reached."""
+    """Flows by key, bounded: the longest idle flows are evicted when ``max_flows`` is reached.
+
+    Besides the canonical key (:func:`flow_key`), each flow is indexed by both directions
+    (:attr:`sides`: side key to ``(flow, to_server)``), so a packet finds its flow and its
+    direction with one lookup of the key its own header gives.
+    """
 
     def __init__(self, max_flows: int, idle_timeout_us: int, stats: StreamStats) -> None:
         self.max_flows = max_flows
         self.idle_timeout_us = idle_timeout_us
         self.stats = stats
         self.flows: dict[tuple[bytes, int, bytes, int], Flow] = {}
+        self.sides: dict[Side, tuple[Flow, bool]] = {}
         self._last_sweep = 0
 
     def get(self, key: tuple[bytes, int, bytes, int]) -> Flow | None:
@@ -195,15 +205,22 @@ class FlowTable:
         if len(self.flows) >= self.max_flows:
             idle = sorted(self.flows.values(), key=lambda f: f.last_ts)
             for old in idle[: max(1, self.max_flows // 10)]:
-                evicted.append(self.flows.pop(old.key))
+                evicted.append(self._pop(old.key))
             self.stats.evicted_flows += len(evicted)
         self.flows[flow.key] = flow
+        self.orient(flow)
         self.stats.flows += 1
         return evicted
 
+    def orient(self, flow: Flow) -> None:
+        """(Re)index a flow's two directions after its client and server are (re)decided."""
+        client, server = flow.client, flow.server
+        self.sides[(*client, *server)] = (flow, True)
+        self.sides[(*server, *client)] = (flow, False)
+
     def remove(self, key: tuple[bytes, int, bytes, int]) -> Flow | None:
         """Stop tracking a flow (it ended)."""
-        return self.flows.pop(key, None)
+        return self._pop(key) if key in self.flows else None
 
     def expire(self, now_us: int) -> Iterator[Flow]:
         """Flows idle longer than the timeout, removed; checked at most once a second of capture."""
@@ -215,10 +232,21 @@ class FlowTable:
         for key in [
             k for k, f in self.flows.items() if f.last_ts < (closed if f.closing else limit)
         ]:
-            yield self.flows.pop(key)
+            yield self._pop(key)
 
     def drain(self) -> Iterator[Flow]:
         """Every flow still tracked, removed (end of capture)."""
         while self.flows:
             _, flow = self.flows.popitem()
+            self._unindex(flow)
             yield flow
+
+    def _pop(self, key: tuple[bytes, int, bytes, int]) -> Flow:
+        flow = self.flows.pop(key)
+        self._unindex(flow)
+        return flow
+
+    def _unindex(self, flow: Flow) -> None:
+        client, server = flow.client, flow.server
+        self.sides.pop((*client, *server), None)
+        self.sides.pop((*server, *client), None)
