@@ -51,21 +51,34 @@ class Frame(NamedTuple):
     data: bytes
 
 
+RawFrame = tuple[int, int, int, bytes]
+"""A frame as a plain tuple, in :class:`Frame`'s order (what :func:`read_batches` yields)."""
+
+
 def read_capture(path: Path) -> Iterator[Frame]:
     """Frames of one capture file (pcap or pcapng, plain, ``.gz`` or inside a ``.zip``)."""
+    for batch in read_batches(path):
+        for raw in batch:
+            yield Frame(*raw)
+
+
+def read_batches(path: Path, size: int = 256) -> Iterator[list[RawFrame]]:
+    """:func:`read_capture`'s frames in lists of up to ``size`` plain tuples: the collector's
+    path (no object per frame beyond its tuple). When the file is damaged, the frames read
+    before the damage come as a last list, then ``CaptureError`` is raised."""
     name = str(path)
     try:
         if path.suffix == ".zip":
-            yield from _read_zip(path)
+            yield from _read_zip(path, size)
             return
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as stream:
-            yield from read_stream(stream, name)  # type: ignore[arg-type]
+            yield from read_stream_batches(stream, name, size)  # type: ignore[arg-type]
     except OSError as exc:  # includes a bad gzip stream
         raise CaptureError(f"cannot read the capture: {exc}", location=name) from exc
 
 
-def _read_zip(path: Path) -> Iterator[Frame]:
+def _read_zip(path: Path, size: int) -> Iterator[list[RawFrame]]:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
@@ -76,7 +89,7 @@ def _read_zip(path: Path) -> Iterator[Frame]:
             raise CaptureError("the zip archive holds no capture", location=str(path))
         for member in sorted(members):
             with archive.open(member) as stream:
-                yield from read_stream(stream, f"{path}!{member}")
+                yield from read_stream_batches(stream, f"{path}!{member}", size)
 
 
 def iter_capture_files(path: Path) -> list[Path]:
@@ -95,21 +108,46 @@ def iter_capture_files(path: Path) -> list[Path]:
 
 def read_stream(stream: IO[bytes], name: str) -> Iterator[Frame]:
     """Frames of a pcap or pcapng byte stream; ``name`` is used in error locations."""
+    for batch in read_stream_batches(stream, name):
+        for raw in batch:
+            yield Frame(*raw)
+
+
+def read_stream_batches(stream: IO[bytes], name: str, size: int = 256) -> Iterator[list[RawFrame]]:
+    """:func:`read_stream`'s frames in lists (see :func:`read_batches`)."""
     head = stream.read(4)
     if len(head) < 4:
         raise CaptureError("empty or truncated file, not a capture", location=name)
     if head in (b"\x0a\x0d\x0d\x0a",):
-        yield from _pcapng(stream, head, name)
+        yield from _batched(_pcapng(stream, head, name), size)
         return
     for order in ("<", ">"):
         (magic,) = struct.unpack(order + "I", head)
         if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
-            yield from _pcap(stream, order, magic == PCAP_MAGIC_NS, name)
+            yield from _pcap(stream, order, magic == PCAP_MAGIC_NS, name, size)
             return
     raise CaptureError(f"not a pcap or pcapng file (magic {head.hex()})", location=name)
 
 
-def _pcap(stream: IO[bytes], order: str, nanos: bool, name: str) -> Iterator[Frame]:
+def _batched(frames: Iterator[Frame], size: int) -> Iterator[list[RawFrame]]:
+    batch: list[RawFrame] = []
+    try:
+        for frame in frames:
+            batch.append(frame)
+            if len(batch) == size:
+                yield batch
+                batch = []
+    except CaptureError:
+        if batch:
+            yield batch
+        raise
+    if batch:
+        yield batch
+
+
+def _pcap(
+    stream: IO[bytes], order: str, nanos: bool, name: str, size: int
+) -> Iterator[list[RawFrame]]:
     header = stream.read(20)
     if len(header) < 20:
         raise CaptureError("truncated pcap global header", location=name)
@@ -119,31 +157,44 @@ def _pcap(stream: IO[bytes], order: str, nanos: bool, name: str) -> Iterator[Fra
     divisor = 1000 if nanos else 1
     buffer, pos, base, number, eof = b"", 0, 24, 0, False  # base: the file offset of buffer[0]
     while True:  # records are cut from chunks: one read per chunk, not two per frame
-        size = len(buffer)
-        while pos + 16 <= size:
+        end = len(buffer)
+        batch: list[RawFrame] = []
+        append = batch.append
+        error = None
+        while pos + 16 <= end:
             seconds, fraction, incl_len, _ = unpack(buffer, pos)
             if incl_len > MAX_RECORD:
-                raise CaptureError(
+                error = CaptureError(
                     f"record length {incl_len} is not plausible (corrupt file)",
                     location=f"{name}: frame {number + 1}, offset {base + pos}",
                 )
-            end = pos + 16 + incl_len
-            if end > size:
+                break
+            stop = pos + 16 + incl_len
+            if stop > end:
                 break
             number += 1
-            data = buffer[pos + 16 : end]
-            yield Frame(number, seconds * 1_000_000 + fraction // divisor, linktype, data)
-            pos = end
-        if eof:
-            if pos < size:
-                where = f"{name}: frame {number + 1}, offset {base + pos}"
-                if size - pos < 16:
-                    raise CaptureError("the file ends inside a record header", location=where)
-                incl_len = unpack(buffer, pos)[2]
-                raise CaptureError(
-                    f"the file ends inside a frame ({size - pos - 16} of {incl_len} bytes)",
+            ts_us = seconds * 1_000_000 + fraction // divisor
+            append((number, ts_us, linktype, buffer[pos + 16 : stop]))
+            pos = stop
+            if len(batch) == size:
+                yield batch
+                batch = []
+                append = batch.append
+        if error is None and eof and pos < end:
+            where = f"{name}: frame {number + 1}, offset {base + pos}"
+            if end - pos < 16:
+                error = CaptureError("the file ends inside a record header", location=where)
+            else:
+                error = CaptureError(
+                    f"the file ends inside a frame ({end - pos - 16} of "
+                    f"{unpack(buffer, pos)[2]} bytes)",
                     location=where,
                 )
+        if batch:
+            yield batch
+        if error is not None:
+            raise error
+        if eof:
             return
         chunk = read(CHUNK)
         eof = not chunk

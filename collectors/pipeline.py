@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from collectors.capture import Frame
+from collectors.capture import Frame, RawFrame
 from collectors.modbus import plausible_adu
 from collectors.modbus_events import ModbusSession, ModbusStats
 from collectors.normalize import FlowContext
@@ -122,7 +122,7 @@ class Collector:
         """One captured frame."""
         self.frames((frame,))
 
-    def frames(self, batch: Iterable[Frame]) -> None:
+    def frames(self, batch: Iterable[RawFrame]) -> None:
         """Captured frames, in capture order: the hot loop.
 
         Ethernet/IPv4/TCP frames (the usual case) are decoded with one ``struct`` call here;
