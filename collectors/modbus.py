@@ -361,6 +361,14 @@ def _mei_response(body: bytes, quantity: int | None) -> Decoded:
         objects[key] = value.decode("latin-1")
         pos += 2 + length
     extra["device_identification"] = objects
+    anomalies = []
+    if more not in (0x00, 0xFF):  # the specification allows only these two values
+        anomalies.append("invalid_more_follows")
+    if pos < len(body):
+        anomalies.append("trailing_bytes")
+        extra["trailing"] = body[pos:].hex()
+    if anomalies:
+        extra["anomalies"] = anomalies
     return {
         "read_device_id_code": code,
         "conformity_level": conformity,

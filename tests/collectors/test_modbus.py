@@ -115,6 +115,15 @@ def test_a_short_pdu_is_a_dissect_error_naming_the_function() -> None:
         dissect_pdu(bytes([3, 0, 1]), request=True)
 
 
+def test_a_non_conformant_device_identification_response_is_flagged_not_trusted() -> None:
+    # modbus-eit.pcap frame 2's bytes: "more follows" 0x4D (only 0x00 or 0xFF are allowed,
+    # Modbus Application Protocol 1.1b3 section 6.21), then 4 bytes after the 0 objects declared
+    record = dissect_pdu(bytes.fromhex("2b0e01004db70000000000"), request=False)
+    assert record["anomalies"] == ["invalid_more_follows", "trailing_bytes"]
+    assert record["trailing"] == "00000000"
+    assert record["device_identification"] == {}
+
+
 def test_framer_needs_more_and_refuses_non_modbus() -> None:
     assert frame_length(b"\x00\x01\x00\x00") == 0
     assert frame_length(b"\x00\x01\x00\x00\x00\x06") == 12
