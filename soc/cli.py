@@ -16,10 +16,11 @@ import click
 import orjson
 
 from soc import __version__
+from soc.assets import FOLDS, ROLE_ALIASES, AssetDoc, AssetInventory
 from soc.config import Settings, iter_settings, load_settings
 from soc.errors import SocError, StoreError
 from soc.event import parse_timestamp
-from soc.store.base import EventQuery, EventStore, iter_events, open_store
+from soc.store.base import AssetQuery, EventQuery, EventStore, iter_events, open_store
 from soc.types import Event
 
 
@@ -347,6 +348,7 @@ def collect(
     finally:
         sink.close()
     summary = collector.stats.summary()
+    summary["assets"] = len(sink.inventory)
     if isinstance(sink, StoreSink):
         summary["stored"] = {"written": sink.written, "duplicates": sink.duplicates}
     if summary_json:
@@ -367,6 +369,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         + f"; events {summary['events']:,}",
         "modbus " + ", ".join(f"{k} {v:,}" for k, v in summary["modbus"].items()),
         f"parse errors {summary['parse_errors']:,}",
+        f"assets {summary['assets']:,} hosts seen",
     ]
     lines += [f"  {e['location']}: {e['message']}" for e in summary["errors"][:20]]
     if "stored" in summary:
@@ -374,5 +377,124 @@ def _print_summary(summary: dict[str, Any]) -> None:
             f"stored {summary['stored']['written']:,} events "
             f"({summary['stored']['duplicates']:,} already present)"
         )
+        if summary["stored"]["duplicates"]:
+            lines.append(
+                "  the assets' counts include the events already present:"
+                " `soc assets --rebuild` recounts them from the stored events"
+            )
     for line in lines:
         click.echo(line, err=True)
+
+
+# -- assets ----------------------------------------------------------------------------------
+
+
+@main.command("assets")
+@click.option(
+    "--role",
+    type=click.Choice(sorted(ROLE_ALIASES)),
+    help="Only clients or servers (Modbus: master = client, slave = server).",
+)
+@click.option("--protocol", help="Only assets speaking this protocol, e.g. modbus.")
+@click.option("--ip", "network", help="Only this address or network, e.g. 10.0.0.0/24.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document per line, not a table.")
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Recompute the assets from the stored events first (after `soc events ingest`).",
+)
+@click.pass_context
+def assets(
+    ctx: click.Context,
+    role: str | None,
+    protocol: str | None,
+    network: str | None,
+    as_json: bool,
+    rebuild: bool,
+) -> None:
+    """List the hosts seen in the traffic: MACs, roles, ports, unit ids, function codes, times
+    seen and the identity their devices reported."""
+    query = AssetQuery(network=network, role=role, protocol=protocol)
+    with closing(open_store(_settings(ctx), create=False)) as db:
+        if rebuild:
+            inventory = AssetInventory()
+            inventory.observe_all(iter_events(db, EventQuery(datasets=tuple(FOLDS), limit=10_000)))
+            count = db.upsert_assets(inventory.docs(), replace=True)
+            click.echo(f"rebuilt {count:,} assets from the stored events", err=True)
+        docs = db.list_assets(query)
+    if as_json:
+        out = sys.stdout.buffer
+        for doc in docs:
+            out.write(orjson.dumps(doc) + b"\n")
+        out.flush()
+        return
+    if not docs:
+        filtered = network or role or protocol
+        click.echo(
+            "no assets match"
+            if filtered
+            else "no assets yet: `soc collect` finds them (`soc assets --rebuild` after"
+            " `soc events ingest`)",
+            err=True,
+        )
+        return
+    _print_table(_ASSET_COLUMNS, [_asset_row(doc) for doc in docs])
+
+
+_ASSET_COLUMNS = (
+    "IP",
+    "ROLES",
+    "PROTOCOLS",
+    "UNITS",
+    "CODES",
+    "EVENTS",
+    "EXC",
+    "FIRST SEEN",
+    "LAST SEEN",
+    "MACS",
+    "IDENTITY",
+)
+
+
+def _asset_row(doc: AssetDoc) -> tuple[str, ...]:
+    protocols = [p for p in doc.get("protocols", []) if isinstance(doc.get(p), dict)]
+    units: list[str] = []
+    codes: list[str] = []
+    for name in protocols:
+        part = doc[name]
+        units += [str(u) for u in part.get("unit_ids", part.get("units", []))]
+        for side, listed in (part.get("function_codes") or part.get("codes") or {}).items():
+            if listed:
+                codes.append(f"{side} {','.join(listed)}")
+    identity = doc.get("identity", {})
+    return (
+        doc["ip"],
+        ",".join(doc.get("roles", [])) or "-",
+        ",".join(
+            f"{p}/{'+'.join(map(str, doc[p].get('ports', [])))}" if doc[p].get("ports") else p
+            for p in protocols
+        )
+        or "-",
+        ",".join(units) or "-",
+        "; ".join(codes) or "-",
+        f"{doc.get('events', 0):,}",
+        f"{doc.get('exceptions', 0):,}",
+        _short_time(doc.get("first_seen")),
+        _short_time(doc.get("last_seen")),
+        ",".join(doc.get("macs", [])) or "-",
+        " / ".join(
+            str(identity[k])
+            for k in ("vendor", "product", "product_code", "revision")
+            if k in identity
+        ),
+    )
+
+
+def _short_time(value: Any) -> str:
+    return value[:19].replace("T", " ") if isinstance(value, str) else "-"
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from soc.assets import ROLE_ALIASES, AssetDoc, network_range
 from soc.errors import StoreError
 from soc.types import Event
 
@@ -47,6 +48,35 @@ class EventQuery:
                 raise StoreError(f"no value given for {name}", location="query")
         if self.limit < 1:
             raise StoreError("limit must be at least 1", location="query")
+
+
+@dataclass(frozen=True)
+class AssetQuery:
+    """Which assets to list: an address or network (``10.0.0.0/24``), a role, a protocol.
+
+    ``role`` is ``client`` or ``server`` (``master`` and ``slave`` are accepted for Modbus's
+    names); with ``protocol`` too, the asset must play that role in that protocol.
+    """
+
+    network: str | None = None
+    role: str | None = None
+    protocol: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.network is not None:
+            try:
+                network_range(self.network)
+            except ValueError:
+                raise StoreError(
+                    f"not an IP address or network: {self.network!r}", location="query.network"
+                ) from None
+        if self.role is not None:
+            if self.role not in ROLE_ALIASES:
+                raise StoreError(
+                    f"unknown role {self.role!r} (client, server, master or slave)",
+                    location="query.role",
+                )
+            object.__setattr__(self, "role", ROLE_ALIASES[self.role])
 
 
 @dataclass(frozen=True)
@@ -103,6 +133,16 @@ class EventStore(Protocol):
 
     def count_events(self, query: EventQuery, by: str | None = None) -> list[tuple[Any, int]]:
         """Matching events counted by the values of a field (one row ``(None, n)`` without one)."""
+        ...
+
+    def upsert_assets(self, docs: Iterable[AssetDoc], *, replace: bool = False) -> int:
+        """Merge asset documents into the stored ones (:func:`soc.assets.merge`), in one
+        transaction; ``replace`` empties the table first, in the same transaction. Returns the
+        number of assets written."""
+        ...
+
+    def list_assets(self, query: AssetQuery) -> list[AssetDoc]:
+        """The stored assets that match, ordered by address."""
         ...
 
     def info(self) -> StoreInfo:
@@ -162,11 +202,18 @@ def prepare_function(settings: Settings) -> Callable[[Iterable[Event], int], Seq
     )
 
 
-def open_store(settings: Settings) -> EventStore:
-    """Open the configured backend (``store.backend``)."""
+def open_store(settings: Settings, *, create: bool = True) -> EventStore:
+    """Open the configured backend (``store.backend``); ``create=False``: a missing store is a
+    ``StoreError`` instead of a new, empty one."""
     if settings.store.backend == "sqlite":
         from soc.store.sqlite import SQLiteStore
 
+        if not create and not settings.sqlite_path.exists():
+            raise StoreError(
+                "no store here yet: fill it with `soc collect` or `soc events ingest`"
+                " (or create it with `soc store init`)",
+                location=str(settings.sqlite_path),
+            )
         return SQLiteStore.from_settings(settings)
     raise StoreError(
         f"the {settings.store.backend} backend is not available in this version",

@@ -136,4 +136,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX events_modbus_function_code ON events (modbus_function_code, ts)",
         ),
     ),
+    # The first assets table (keyed by an id, one MAC) was never written; the passive inventory
+    # (soc.assets) keys assets by IP and keeps every MAC seen in the document. ``ip_key`` is the
+    # address as 16 bytes (IPv4 mapped into IPv6): it orders addresses numerically and answers a
+    # network (CIDR) filter as a range. ``roles`` holds ``protocol:role`` tokens, ``protocols``
+    # the protocol names (JSON arrays), for the role and protocol filters.
+    Migration(
+        "0003_asset_inventory",
+        (
+            "DROP TABLE assets",
+            """CREATE TABLE assets (
+                ip TEXT PRIMARY KEY,
+                ip_key BLOB NOT NULL,
+                first_seen INTEGER,
+                last_seen INTEGER,
+                roles TEXT NOT NULL DEFAULT '[]',
+                protocols TEXT NOT NULL DEFAULT '[]',
+                doc TEXT NOT NULL
+            )""",
+            "CREATE INDEX assets_ip_key ON assets (ip_key)",
+            "CREATE INDEX assets_last_seen ON assets (last_seen)",
+        ),
+    ),
 )

@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any, Self
 import apsw
 import orjson
 
+from soc.assets import AssetDoc, ip_sort_key, merge, network_range, parse_seen, role_tokens
 from soc.errors import StoreError
 from soc.event import get_field, missing_fields, parse_timestamp
 from soc.store.base import (
+    AssetQuery,
     EventQuery,
     Page,
     StoreInfo,
@@ -241,6 +243,68 @@ class SQLiteStore:
         with self._errors("counting events"):
             return [(value, n) for value, n in self._conn.execute(sql, params)]
 
+    # -- assets -----------------------------------------------------------------------------
+
+    def upsert_assets(self, docs: Iterable[AssetDoc], *, replace: bool = False) -> int:
+        """Merge asset documents into the stored ones (:func:`soc.assets.merge`), in one
+        transaction; ``replace`` empties the table first, in the same transaction.
+
+        Documents of the same address are merged together first. A document without a valid
+        ``ip`` or times is refused (``StoreError``) before anything is written.
+        """
+        pending: dict[str, AssetDoc] = {}
+        for position, doc in enumerate(docs):
+            _asset_row(doc, f"asset #{position}")  # validates
+            ip = doc["ip"]
+            pending[ip] = merge(pending[ip], doc) if ip in pending else doc
+        conn = self._conn
+        with self._errors(f"writing {len(pending)} assets"), self._transaction():
+            if replace:
+                conn.execute("DELETE FROM assets")
+            elif pending:
+                stored = conn.execute(
+                    "SELECT ip, doc FROM assets WHERE ip IN (SELECT value FROM json_each(?))",
+                    (orjson.dumps(list(pending)).decode(),),
+                )
+                for ip, text in list(stored):
+                    try:
+                        pending[ip] = merge(_stored_asset(text, ip), pending[ip])
+                    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                        raise StoreError(
+                            f"cannot merge with the stored asset: {exc}", location=f"assets {ip}"
+                        ) from exc
+            conn.executemany(
+                _UPSERT_ASSET, [_asset_row(doc, f"asset {ip}") for ip, doc in pending.items()]
+            )
+        return len(pending)
+
+    def list_assets(self, query: AssetQuery) -> list[AssetDoc]:
+        """The stored assets that match, ordered by address (numerically)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if query.network is not None:
+            where.append("ip_key BETWEEN ? AND ?")
+            params.extend(network_range(query.network))
+        if query.role is not None and query.protocol is not None:
+            where.append("EXISTS (SELECT 1 FROM json_each(assets.roles) WHERE value = ?)")
+            params.append(f"{query.protocol}:{query.role}")
+        elif query.role is not None:
+            where.append(
+                "EXISTS (SELECT 1 FROM json_each(assets.roles)"
+                " WHERE substr(value, instr(value, ':') + 1) = ?)"
+            )
+            params.append(query.role)
+        elif query.protocol is not None:
+            where.append("EXISTS (SELECT 1 FROM json_each(assets.protocols) WHERE value = ?)")
+            params.append(query.protocol)
+        sql = "SELECT ip, doc FROM assets"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ip_key"
+        with self._errors("listing assets"):
+            rows: list[Any] = self._conn.execute(sql, params).fetchall()
+        return [_stored_asset(text, ip) for ip, text in rows]
+
     def info(self) -> StoreInfo:
         """Backend, file, applied migrations and rows per table."""
         with self._errors("reading table sizes"):
@@ -313,6 +377,40 @@ def _promoted(doc: Event, keys: tuple[str, ...], position: int) -> Any:
     if isinstance(value, int):
         return int(value)  # a bool is stored as 0 or 1, as SQLite's JSON functions read it
     raise StoreError(f"{'.'.join(keys)} must be a single value", location=f"event #{position}")
+
+
+_UPSERT_ASSET = (
+    "INSERT OR REPLACE INTO assets (ip, ip_key, first_seen, last_seen, roles, protocols, doc)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _asset_row(doc: AssetDoc, where: str) -> Row:
+    """The ``assets`` row of a document; a document without a valid address or times is refused."""
+    try:
+        ip = doc["ip"]
+        first, last = parse_seen(doc)
+        return (
+            ip,
+            ip_sort_key(ip),
+            first,
+            last,
+            orjson.dumps(role_tokens(doc)).decode(),
+            orjson.dumps(list(doc.get("protocols", []))).decode(),
+            orjson.dumps(doc).decode(),
+        )
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"not an asset document: {exc!r}", location=where) from exc
+
+
+def _stored_asset(text: str, ip: str) -> AssetDoc:
+    try:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise StoreError(f"the stored asset is not JSON: {exc}", location=f"assets {ip}") from exc
+    if not isinstance(doc, dict):
+        raise StoreError("the stored asset is not a JSON object", location=f"assets {ip}")
+    return doc
 
 
 def _json_path(name: str) -> str:

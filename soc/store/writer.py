@@ -10,6 +10,11 @@ The pipe is the back-pressure: a send blocks while the writer is busy with the p
 memory stays bounded whatever the input. Closing the writer waits until every batch sent is
 committed; a failure in the writer (full disk, locked database) comes back to the sender as the
 same ``StoreError`` the store raised, on the next send or at close.
+
+Messages are byte strings: ``E`` and a pickled list of event rows, ``A`` and a pickled list of
+asset documents (merged into the ``assets`` table: :meth:`EventStore.upsert_assets`), or nothing
+at all to close. Events and assets share the pipe, so they are stored in the order sent and only
+this process writes the database.
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ from soc.store.base import WriteResult, open_store, prepare_function
 from soc.types import Event
 
 if TYPE_CHECKING:
+    from soc.assets import AssetDoc
     from soc.config import Settings
+
+_EVENTS, _ASSETS = b"E", b"A"  # the first byte of a message: what the pickle after it holds
 
 
 @dataclass
@@ -37,6 +45,7 @@ class WriterStats:
     """What the writer process did: the write result and its busy time (receiving and inserting)."""
 
     result: WriteResult = field(default_factory=WriteResult)
+    assets: int = 0  # asset documents merged into the store
     busy_seconds: float = 0.0
     cpu_seconds: float = 0.0
 
@@ -48,6 +57,7 @@ class StoreWriter:
         self._prepare = prepare_function(settings)
         self._batch_size = settings.store.batch_size
         self._position = 0
+        self._rows: list[Any] = []  # prepared rows waiting for a full batch
         self.stats = WriterStats()
         context = multiprocessing.get_context("spawn")  # no inherited connections or threads
         self._conn, child = context.Pipe(duplex=True)
@@ -66,25 +76,39 @@ class StoreWriter:
         self.close()
 
     def write(self, events: Iterable[Event]) -> None:
-        """Prepare events here and send them to the writer in batches of ``store.batch_size``."""
-        batch: list[Event] = []
-        for doc in events:
-            batch.append(doc)
-            if len(batch) >= self._batch_size:
-                self.write_prepared(self._prepare(batch, self._position))
-                self._position += len(batch)
-                batch = []
-        if batch:
-            self.write_prepared(self._prepare(batch, self._position))
-            self._position += len(batch)
+        """Prepare events here, at once (while they are in the CPU's cache), and send the rows
+        to the writer in batches of ``store.batch_size`` (the rest waits for the next call,
+        :meth:`flush` or :meth:`close`)."""
+        batch = list(events)
+        if not batch:
+            return
+        self._rows.extend(self._prepare(batch, self._position))
+        self._position += len(batch)
+        if len(self._rows) >= self._batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the rows waiting for a full batch."""
+        if self._rows:
+            rows, self._rows = self._rows, []
+            self.write_prepared(rows)
 
     def write_prepared(self, rows: Sequence[Any]) -> None:
         """Send rows already made by the backend's ``prepare`` step."""
+        self._send(_EVENTS, list(rows))
+
+    def write_assets(self, docs: Sequence[AssetDoc]) -> None:
+        """Send asset documents (:mod:`soc.assets`) to merge into the store's assets."""
+        if docs:
+            self.flush()  # events first: the pipe keeps the order sent
+            self._send(_ASSETS, list(docs))
+
+    def _send(self, tag: bytes, items: list[Any]) -> None:
         if self._closed:
             raise StoreError("the store writer is closed", location="store writer")
         if self._conn.poll():  # the writer failed on an earlier batch
             self._expect("done")
-        payload = pickle.dumps(list(rows), protocol=pickle.HIGHEST_PROTOCOL)
+        payload = tag + pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
         try:
             self._conn.send_bytes(payload)
         except OSError:
@@ -94,16 +118,19 @@ class StoreWriter:
         """Wait until every batch sent is stored; raise the writer's error if it failed."""
         if self._closed:
             return self.stats
-        self._closed = True
-        with contextlib.suppress(OSError):  # a writer that failed has closed its end
-            self._conn.send_bytes(b"")
         try:
-            self._expect("done")
+            self.flush()
         finally:
-            self._conn.close()
-            self._process.join(timeout=10)
-            if self._process.is_alive():
-                self._process.kill()
+            self._closed = True
+            with contextlib.suppress(OSError):  # a writer that failed has closed its end
+                self._conn.send_bytes(b"")
+            try:
+                self._expect("done")
+            finally:
+                self._conn.close()
+                self._process.join(timeout=10)
+                if self._process.is_alive():
+                    self._process.kill()
         return self.stats
 
     def _expect(self, kind: str) -> None:
@@ -143,7 +170,11 @@ def _serve(settings: Settings, conn: Connection) -> None:
             if not payload:
                 break
             start, cpu = time.perf_counter(), time.process_time()
-            stats.result.add(store.write_prepared(pickle.loads(payload)))  # noqa: S301 - our own parent
+            items = pickle.loads(memoryview(payload)[1:])  # noqa: S301 - our own parent
+            if payload[:1] == _ASSETS:
+                stats.assets += store.upsert_assets(items)
+            else:
+                stats.result.add(store.write_prepared(items))
             stats.busy_seconds += time.perf_counter() - start
             stats.cpu_seconds += time.process_time() - cpu
     except SocError as exc:
