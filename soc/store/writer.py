@@ -23,6 +23,8 @@ import contextlib
 import gc
 import multiprocessing
 import pickle
+import queue
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from soc.assets import AssetDoc
     from soc.config import Settings
 
+#: batches received and waiting in the writer process (memory: this many batches at most)
+INBOX_BATCHES = 4
 _EVENTS, _ASSETS = b"E", b"A"  # the first byte of a message: what the pickle after it holds
 
 
@@ -154,6 +158,19 @@ class StoreWriter:
             self.stats = message[1]
 
 
+def _receive(conn: Connection, inbox: queue.Queue[bytes | None]) -> None:
+    """The writer's receiving thread: batches wait in ``inbox`` while SQLite (which releases the
+    GIL) writes, so the sender is not held up by the writer's disk waits (WAL checkpoints)."""
+    try:
+        while True:
+            payload = conn.recv_bytes()
+            inbox.put(payload)
+            if not payload:
+                return
+    except (EOFError, OSError):
+        inbox.put(None)
+
+
 def _serve(settings: Settings, conn: Connection) -> None:
     """The writer process: open the store, insert each batch received, report at the end."""
     gc.disable()  # rows are tuples of strings: nothing to collect, and the collector's cost is real
@@ -164,9 +181,13 @@ def _serve(settings: Settings, conn: Connection) -> None:
         conn.send(("error", exc.message, exc.location))
         return
     conn.send(("ready",))
+    inbox: queue.Queue[bytes | None] = queue.Queue(maxsize=INBOX_BATCHES)
+    threading.Thread(target=_receive, args=(conn, inbox), name="receive", daemon=True).start()
     try:
         while True:
-            payload = conn.recv_bytes()
+            payload = inbox.get()
+            if payload is None:
+                raise EOFError
             if not payload:
                 break
             start, cpu = time.perf_counter(), time.process_time()
