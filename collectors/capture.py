@@ -286,3 +286,54 @@ def _packet_block(
     stamp = (high << 32) | low
     ts_us = stamp if ticks == 1_000_000 else stamp * 1_000_000 // ticks
     return Frame(number, ts_us, linktype, body[20 : 20 + caplen])
+
+
+class PcapWriter:
+    """Write frames to a pcap file (microsecond timestamps, one link type), as they come.
+
+    ``with PcapWriter(path, linktype) as out: out.write(frame)``; the file is flushed on each
+    :meth:`flush` and closed at the end, so a capture cut short keeps what was written.
+    """
+
+    def __init__(self, path: Path, linktype: int, snaplen: int = 262_144) -> None:
+        self.path = path
+        self.linktype = linktype
+        self.frames = 0
+        self._record = struct.Struct("<IIII")
+        try:
+            self._stream: IO[bytes] = open(path, "wb")  # noqa: SIM115 - closed in close()
+            self._stream.write(
+                struct.pack("<IHHiIII", PCAP_MAGIC_US, 2, 4, 0, 0, snaplen, linktype)
+            )
+        except OSError as exc:
+            raise CaptureError(f"cannot write the capture: {exc}", location=str(path)) from exc
+
+    def write(self, frame: RawFrame) -> None:
+        """Append one frame (its link type must be the file's)."""
+        _, ts_us, linktype, data = frame
+        if linktype != self.linktype:
+            raise CaptureError(
+                f"frame of link type {linktype} in a capture of link type {self.linktype}",
+                location=str(self.path),
+            )
+        seconds, micros = divmod(ts_us, 1_000_000)
+        try:
+            self._stream.write(self._record.pack(seconds, micros, len(data), len(data)) + data)
+        except OSError as exc:
+            raise CaptureError(f"cannot write the capture: {exc}", location=str(self.path)) from exc
+        self.frames += 1
+
+    def flush(self) -> None:
+        """Push what was written to the file."""
+        self._stream.flush()
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        if not self._stream.closed:
+            self._stream.close()
+
+    def __enter__(self) -> PcapWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
