@@ -8,12 +8,13 @@ UV         := $(TOOLS)/bin/uv
 VENV       := .venv
 BIN        := $(VENV)/bin
 PACKAGES   := soc collectors detectors api lab rules
+SUDO       := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 # No interpreter downloads, no network at run time: use this machine's Python.
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo test check lint types pytest bench clean
+.PHONY: install mosquitto demo test check lint types pytest bench clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -24,6 +25,12 @@ $(VENV)/.installed: $(UV) pyproject.toml uv.lock
 	@touch $@
 
 install: $(VENV)/.installed  ## create .venv with the locked dependencies
+
+mosquitto:  ## Debian's MQTT broker, run by the lab and its tests (installed when missing)
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
+	  $(SUDO) sh -c 'export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y --no-install-recommends mosquitto || \
+	    { apt-get update && apt-get install -y --no-install-recommends mosquitto; }'
 
 demo: install  ## the main job on the embedded default store
 	$(BIN)/soc store init
@@ -43,7 +50,7 @@ lint: install
 types: install
 	$(BIN)/mypy
 
-pytest: install
+pytest: install mosquitto
 	$(BIN)/pytest
 
 test: check pytest  ## what CI runs: ruff, mypy, pytest
@@ -51,6 +58,7 @@ test: check pytest  ## what CI runs: ruff, mypy, pytest
 bench: install  ## benchmarks: each prints our figure beside the peer's
 	$(BIN)/python -m bench.store_ingest
 	$(BIN)/python -m bench.collect_modbus
+	$(BIN)/python -m bench.live_modbus
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache .hypothesis
