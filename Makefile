@@ -32,14 +32,8 @@ mosquitto:  ## Debian's MQTT broker, run by the lab and its tests (installed whe
 	    apt-get install -y --no-install-recommends mosquitto || \
 	    { apt-get update && apt-get install -y --no-install-recommends mosquitto; }'
 
-demo: install  ## the main job on the embedded default store
-	$(BIN)/soc store init
-	$(BIN)/soc store info
-	@echo
-	@echo "The embedded store is ready in ./soc-data (SQLite, WAL)."
-	@echo "Import ECS events:   $(BIN)/soc events ingest events.jsonl"
-	@echo "Query them:          $(BIN)/soc events query --dataset ics.modbus --limit 10"
-	@echo "Count them:          $(BIN)/soc events query --count-by event.dataset"
+demo: install mosquitto  ## the main job: lab, attacks, live collection into the embedded store
+	$(BIN)/soc demo
 
 check: lint types  ## lint and types, as CI runs them
 

@@ -288,19 +288,33 @@ class LiveCapture:
         """Lists of frames as they arrive: one list per ring block.
 
         An empty list comes when nothing arrived within ``timeout_ms``, so the caller gets
-        control back regularly. Ends when ``stop`` is set, after ``duration_s`` seconds, or when
-        the capture is closed; frame numbers go on from 1 across calls.
+        control back regularly. When ``stop`` is set or ``duration_s`` seconds have passed, the
+        blocks the kernel has already filled are still read (nothing captured is lost
+        uncounted), then it ends; it also ends when the capture is closed. Frame numbers go on
+        from 1 across calls.
         """
         deadline = None if duration_s is None else time.monotonic() + duration_s
         status_at = _BLOCK_STATUS.unpack_from
         set_status = _BLOCK_STATUS.pack_into
         head_at = _BLOCK_HEAD.unpack_from
+        draining = False  # stopping: the blocks already filled are still read, then it ends
+        grace = True
         while self._ring is not None:
-            if stop is not None and stop.is_set():
-                return
+            if not draining and (
+                (stop is not None and stop.is_set())
+                or (deadline is not None and time.monotonic() >= deadline)
+            ):
+                draining = True
             ring = self._ring
             base = self._block * BLOCK_SIZE
-            if status_at(ring, base + 8)[0] & TP_STATUS_USER:
+            ready = status_at(ring, base + 8)[0] & TP_STATUS_USER
+            if draining and not ready:
+                if grace:  # the block being filled is handed over after timeout_ms: wait once
+                    grace = False
+                    self._poll.poll(self.timeout_ms + 20)
+                    continue
+                return
+            if ready:
                 count, first, length = head_at(ring, base + 12)
                 block = ring[base : base + length] if count else b""
                 set_status(ring, base + 8, TP_STATUS_KERNEL)  # the kernel may refill it now
@@ -313,15 +327,10 @@ class LiveCapture:
                     self._received += len(frames)
                     if frames:
                         yield frames
-                if deadline is not None and time.monotonic() >= deadline:
-                    return
                 continue
             wait = self.timeout_ms
             if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                wait = min(wait, int(left * 1000) + 1)
+                wait = max(1, min(wait, int((deadline - time.monotonic()) * 1000) + 1))
             events = self._poll.poll(wait)
             if not events:
                 yield []

@@ -6,7 +6,10 @@ and where, and exit with status 2; nothing prints a traceback at a user.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -289,6 +292,13 @@ def events_query(
 @click.option("--filter", "bpf", help="BPF filter for live capture, e.g. 'tcp port 502'.")
 @click.option("--duration", type=click.FloatRange(min=0), help="Stop live capture after N seconds.")
 @click.option(
+    "--ring-mb",
+    type=click.IntRange(min=2, max=4096),
+    default=64,
+    show_default=True,
+    help="Live capture ring size in MiB: how long a burst the kernel can hold.",
+)
+@click.option(
     "--jsonl",
     "jsonl",
     type=click.File("wb", lazy=False),
@@ -305,6 +315,7 @@ def collect(
     iface: str | None,
     bpf: str | None,
     duration: float | None,
+    ring_mb: int,
     jsonl: IO[bytes] | None,
     progress: bool | None,
     summary_json: bool,
@@ -321,6 +332,7 @@ def collect(
         raise click.UsageError("give --pcap FILE (one or more) or --iface IF")
     settings = _settings(ctx)
     collector = Collector(settings.collect)
+    live_summary: dict[str, int] | None = None
     sink: JsonlSink | StoreSink = JsonlSink(jsonl) if jsonl is not None else StoreSink(settings)
     try:
         if captures:
@@ -336,18 +348,35 @@ def collect(
             assert iface is not None
             from collectors.live import LiveCapture
 
-            with LiveCapture(iface, bpf) as live:
-                collector.source = f"live:{iface}"
-                try:
-                    collect_frames(live.batches(duration_s=duration), collector, sink)
-                except KeyboardInterrupt:
-                    collector.finish()
-                    sink.write(collector.take())
-                stats = live.stats()
-                collector.stats.not_decoded["kernel_dropped"] += stats.kernel_dropped
+            stop = threading.Event()
+            previous = {
+                sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)
+            }  # Ctrl-C, systemd or docker stop: read what the ring holds, then the summary
+            try:
+                with LiveCapture(iface, bpf, ring_mb=ring_mb) as live:
+                    collector.source = f"live:{iface}"
+                    click.echo(
+                        f"capturing on {iface} (filter {bpf or 'none'}, ring {ring_mb} MiB); "
+                        "Ctrl-C to stop",
+                        err=True,
+                    )
+                    collect_frames(live.batches(stop, duration), collector, sink)
+                    stats = live.stats()
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+            live_summary = {
+                "received": stats.received,
+                "kernel_packets": stats.kernel_packets,
+                "kernel_dropped": stats.kernel_dropped,
+                "kernel_freezes": stats.kernel_freezes,
+            }
     finally:
         sink.close()
     summary = collector.stats.summary()
+    if live_summary is not None:
+        summary["live"] = live_summary
     summary["assets"] = len(sink.inventory)
     if isinstance(sink, StoreSink):
         summary["stored"] = {"written": sink.written, "duplicates": sink.duplicates}
@@ -371,6 +400,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"parse errors {summary['parse_errors']:,}",
         f"assets {summary['assets']:,} hosts seen",
     ]
+    if "live" in summary:
+        live = summary["live"]
+        lines.append(
+            f"live: received {live['received']:,}, kernel packets {live['kernel_packets']:,}, "
+            f"dropped by the kernel {live['kernel_dropped']:,} (ring full {live['kernel_freezes']:,} times)"
+        )
     lines += [f"  {e['location']}: {e['message']}" for e in summary["errors"][:20]]
     if "stored" in summary:
         lines.append(
@@ -498,3 +533,92 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+# -- lab and demo ----------------------------------------------------------------------------
+
+from lab.cli import lab as _lab_group  # noqa: E402 - the lab's commands live with the lab
+
+main.add_command(_lab_group)
+
+
+@main.command("demo")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0),
+    default=20.0,
+    show_default=True,
+    help="Seconds of normal operation before the attacks.",
+)
+@click.option(
+    "--scenario",
+    "scenarios",
+    multiple=True,
+    default=("all",),
+    show_default=True,
+    help="Attack scenarios to run (repeatable; see `soc lab list`).",
+)
+@click.pass_context
+def demo(ctx: click.Context, duration: float, scenarios: tuple[str, ...]) -> None:
+    """The main job on the embedded store: lab, attacks, live collection, what to look at."""
+    from soc.demo import run_demo
+
+    settings = _settings(ctx)
+    started = time.monotonic()
+    with closing(open_store(settings)):
+        pass  # creates the store and applies migrations before the writer starts
+    try:
+        report = run_demo(
+            settings,
+            normal_s=duration,
+            scenarios=scenarios,
+            say=lambda message: click.echo(f"  {message}", err=True),
+        )
+    except KeyError as exc:
+        raise click.BadParameter(
+            f"unknown scenario {exc.args[0]!r} (see `soc lab list`)", param_hint="--scenario"
+        ) from None
+    elapsed = time.monotonic() - started
+    lab = report.lab
+    echo = click.echo
+    echo("")
+    echo(f"Demo done in {elapsed:.0f} s. Traffic: {report.source}.")
+    if lab is not None:
+        echo(f"  lab services: {', '.join(lab.services) or 'none'}; {lab.capture_note}")
+        for name, why in lab.failed_services.items():
+            echo(f"  service {name} did not start: {why}")
+    stored = report.summary["stored"]
+    echo(
+        f"Events stored: {stored['written']:,} "
+        + "("
+        + ", ".join(f"{k} {v:,}" for k, v in report.datasets)
+        + f"); parse errors {report.summary['parse_errors']:,}"
+    )
+    echo(f"Hosts found (soc assets): {len(report.assets)}")
+    for doc in report.assets:
+        roles = ",".join(doc.get("roles", [])) or "-"
+        echo(f"  {doc['ip']:15} {roles:14} {doc.get('events', 0):>8,} events")
+    echo("Attacks (ground truth) and the events to or from the attacker in each one's window:")
+    collected = {str(name).removeprefix("ics.") for name, _ in report.datasets}
+    for attack in report.attacks:
+        actions = ", ".join(f"{a} {n:,}" for a, n in attack["actions"])
+        outcome = "" if attack["outcome"] == "done" else f" [{attack['outcome']}]"
+        seen = (
+            f"{attack['events']:>7,} events{outcome}" + (f": {actions}" if actions else "")
+            if attack["protocol"] in collected
+            else f"(in the capture; the {attack['protocol']} collector is not built yet){outcome}"
+        )
+        echo(f"  {attack['scenario']:29} {','.join(attack['techniques']):12} {seen}")
+    echo("Detection: the Sigma rules and incidents arrive with the detection issue; the events")
+    echo("above are what they will read.")
+    echo("Look at:")
+    from lab.base import LabSite
+
+    attacker = LabSite().attacker
+    echo("  soc assets")
+    echo(f"  soc events query --where source.ip={attacker} --limit 5")
+    echo("  soc events query --count-by event.action --dataset ics.modbus")
+    if lab is not None:
+        echo(f"  labels and process values: {lab.out / 'labels.json'}, {lab.out / 'values.json'}")
+        if lab.capture is not None:
+            echo(f"  the capture: {lab.capture} (open it in Wireshark)")
