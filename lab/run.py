@@ -78,10 +78,7 @@ def site_services(site: LabSite, seed: int) -> tuple[list[Service], list[Service
             factory: Callable[..., Service] = getattr(__import__(module, fromlist=[name]), name)
         except (ModuleNotFoundError, AttributeError):
             continue
-        try:
-            service = factory(site, seed=seed)
-        except TypeError:
-            service = factory(site)
+        service = factory(site, seed=seed)
         (servers if role == "server" else clients).append(service)
     return servers, clients
 
