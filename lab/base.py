@@ -28,6 +28,8 @@ the lab wraps each run in a :class:`Label` (start and end times, attacker, targe
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -146,3 +148,17 @@ class Service(Protocol):
         """The values it actually had (process values, meter readings, sensor samples), as
         rows ``{"ts_us": int, "device": str, ...values}``, for ``values.json``."""
         ...
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None, timeout_s: float = 3.0) -> bool:
+    """Cancel a service's task and wait for it, at most ``timeout_s`` (a library may hold a
+    cancelled request until its own timeout, or a worker thread cannot be interrupted): a stop
+    must never hang. True when the task ended in time."""
+    if task is None:
+        return True
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if done and not task.cancelled():
+        with contextlib.suppress(Exception):
+            task.result()  # retrieved, so asyncio does not report it as never retrieved
+    return bool(done)

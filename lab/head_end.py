@@ -46,7 +46,7 @@ from dlms_cosem.security import (  # type: ignore[import-untyped, unused-ignore]
     NoSecurityAuthentication,
 )
 
-from lab.base import LabSite, now_us
+from lab.base import LabSite, cancel_and_wait, now_us
 from lab.meters import (
     CLOCK,
     DISCONNECT_CONTROL,
@@ -283,9 +283,7 @@ class HeadEnd:
         self._stopping = True
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         inflight, self._inflight = self._inflight, None
         if inflight is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):

@@ -31,7 +31,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 
-from lab.base import LabSite, now_us
+from lab.base import LabSite, cancel_and_wait, now_us
 from lab.plant import (
     COIL_ALARM_RESET,
     COIL_OUTLET_CLOSE,
@@ -75,6 +75,9 @@ SETTING_NAMES = (
     "valve_sp_permille",
 )
 SLOW_POLL_EVERY = 4  # holding registers and coils every fourth poll
+
+
+STOP_TIMEOUT_S = 3.0  # how long stop() waits for the polling task to end
 
 
 class PollError(Exception):
@@ -145,10 +148,9 @@ class Hmi:
     async def stop(self) -> None:
         """Stop polling and close the connection (idempotent)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._disconnect()  # first: a request in flight fails now instead of waiting
+        # pymodbus can hold a cancelled request until its own timeout: wait a bounded time
+        await cancel_and_wait(task, STOP_TIMEOUT_S)
         self._disconnect()
         await asyncio.sleep(0)
 

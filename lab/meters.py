@@ -108,7 +108,7 @@ from dlms_cosem.protocol.wrappers import (  # type: ignore[import-untyped, unuse
     WrapperProtocolDataUnit,
 )
 
-from lab.base import LabSite, now_us
+from lab.base import LabSite, cancel_and_wait, now_us
 
 log = logging.getLogger(__name__)
 
@@ -1279,9 +1279,7 @@ class Meters:
         """Stop sampling, close every meter's sockets (idempotent)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         for meter in self.meters.values():
             await meter.stop()
 

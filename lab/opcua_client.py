@@ -38,7 +38,7 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from asyncua.ua.uatypes import Double
 
-from lab.base import LabSite, now_us
+from lab.base import LabSite, cancel_and_wait, now_us
 from lab.opcua_server import NAMESPACE, TAGS, make_self_signed, nid, tag_nodeid
 
 log = logging.getLogger(__name__)
@@ -151,9 +151,7 @@ class OpcUaHmi:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         await self._disconnect()
         tmp, self._tmp, self._cert = self._tmp, None, None
         if tmp is not None:

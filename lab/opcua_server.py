@@ -80,7 +80,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from lab.base import LabSite, now_us
+from lab.base import LabSite, cancel_and_wait, now_us
 
 log = logging.getLogger(__name__)
 
@@ -561,9 +561,7 @@ class OpcUaServer:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         server, self.server = self.server, None
         if server is not None:
             # sessions with subscriptions outlive their connection (Part 4 6.7) and asyncua's

@@ -68,7 +68,6 @@ connection is closed, as the communications restart (clients reconnect).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -88,7 +87,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from lab.base import LabSite, now_us
+from lab.base import LabSite, cancel_and_wait, now_us
 
 _log = logging.getLogger(__name__)
 
@@ -591,9 +590,7 @@ class PlcServer:
         """Stop the clock, close every connection and the listener (idempotent)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         server, self._server = self._server, None
         if server is not None:
             await server.shutdown()  # type: ignore[no-untyped-call]

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from collectors.capture import Frame
-from lab.base import SCENARIOS, Label, LabSite, Service, now_us
+from lab.base import SCENARIOS, Label, LabSite, Service, cancel_and_wait, now_us
 from soc.errors import CaptureError
 from soc.event import format_timestamp
 
@@ -167,10 +167,13 @@ async def run_lab(
             await asyncio.sleep(gap_s)
     finally:
         for service in reversed(started):
-            try:
-                await asyncio.wait_for(service.stop(), timeout=15)
-            except Exception as exc:
-                log.warning("stopping %s: %s", service.name, exc)
+            stopping = asyncio.ensure_future(service.stop())
+            done, _ = await asyncio.wait({stopping}, timeout=15)
+            if not done:
+                await cancel_and_wait(stopping)
+                log.warning("stopping %s: no end after 15 s", service.name)
+            elif not stopping.cancelled() and stopping.exception() is not None:
+                log.warning("stopping %s: %s", service.name, stopping.exception())
         if recorder is not None:
             await asyncio.sleep(0.3)  # the last packets reach the ring
             stats = recorder.stop()
@@ -196,10 +199,19 @@ async def _run_scenario(scenario: Any, site: LabSite, say: Callable[[str], None]
     say(f"scenario {scenario.name} ({', '.join(scenario.techniques)})")
     start = now_us()
     outcome, details = "done", {}
-    try:
-        details = await asyncio.wait_for(scenario.run(site), timeout=SCENARIO_TIMEOUT_S)
-    except Exception as exc:
+    task = asyncio.ensure_future(scenario.run(site))
+    done, _ = await asyncio.wait({task}, timeout=SCENARIO_TIMEOUT_S)
+    if not done:
+        await cancel_and_wait(task)
+        outcome = f"failed: no end after {SCENARIO_TIMEOUT_S:g} s"
+    elif task.cancelled():
+        outcome = "failed: cancelled"
+    elif task.exception() is not None:
+        exc = task.exception()
         outcome = f"failed: {type(exc).__name__}: {exc}"
+    else:
+        details = task.result()
+    if outcome != "done":
         say(f"  {outcome}")
     end = now_us()
     details = dict(details or {})
