@@ -325,7 +325,7 @@ def test_hmi_polls_and_the_operator_writes_within_range(site: LabSite) -> None:
         for name, (low, high) in NORMAL_RANGES.items():
             if name in settings:
                 assert low <= settings[name] <= high
-        assert plc.peers == {site.hmi: 1}
+        assert set(plc.peers) == {site.hmi}  # only the HMI (a slow poll may reconnect)
         functions = {fc for (_, fc) in plc.requests}
         assert {1, 2, 3, 4} <= functions
         assert functions & {5, 6, 16}
