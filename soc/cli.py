@@ -622,3 +622,145 @@ def demo(ctx: click.Context, duration: float, scenarios: tuple[str, ...]) -> Non
         echo(f"  labels and process values: {lab.out / 'labels.json'}, {lab.out / 'values.json'}")
         if lab.capture is not None:
             echo(f"  the capture: {lab.capture} (open it in Wireshark)")
+
+
+# -- rules -----------------------------------------------------------------------------------
+
+
+@main.group()
+def rules() -> None:
+    """List, check and test the Sigma detection rules."""
+
+
+_RULES_OPTION = click.option(
+    "--rules",
+    "rules_path",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Rules folder (default: detect.rules_dir, else the rules shipped with the toolkit).",
+)
+
+
+def _rules_dir(ctx: click.Context, given: Path | None) -> Path:
+    from rules import rules_dir
+
+    return given or _settings(ctx).detect.rules_dir or rules_dir()
+
+
+@rules.command("list")
+@_RULES_OPTION
+@click.option("--json", "as_json", is_flag=True, help="One JSON document per rule.")
+@click.pass_context
+def rules_list(ctx: click.Context, rules_path: Path | None, as_json: bool) -> None:
+    """List the alerting rules: id, level, ATT&CK for ICS techniques and title."""
+    from detectors.sigma import compile_rules
+
+    compiled = compile_rules(_rules_dir(ctx, rules_path), _settings(ctx).detect.site)
+    if as_json:
+        for rule in compiled:
+            doc = {
+                "id": rule.id,
+                "title": rule.title,
+                "level": rule.level,
+                "status": rule.status,
+                "techniques": list(rule.techniques),
+                "tactics": list(rule.tactics),
+                "correlation": rule.correlation_type,
+                "file": str(rule.path),
+            }
+            click.echo(orjson.dumps(doc).decode())
+        return
+    if not compiled:
+        click.echo("no rules", err=True)
+        return
+    rows: list[tuple[str, ...]] = [
+        (rule.id, rule.level or "-", ",".join(rule.techniques) or "-", rule.title)
+        for rule in sorted(compiled, key=lambda r: (str(r.path), r.title))
+    ]
+    _print_table(("ID", "LEVEL", "TECHNIQUES", "TITLE"), rows)
+
+
+@rules.command("check")
+@_RULES_OPTION
+@click.pass_context
+def rules_check(ctx: click.Context, rules_path: Path | None) -> None:
+    """Validate every rule (pySigma's validators, offline, and ours); exit 1 on a problem.
+
+    Each rule file must load, pass pySigma's validators (identifiers and titles unique, tags,
+    conditions, modifiers ...), carry id, status, level, description, falsepositives and an
+    ATT&CK for ICS technique tag, compile for the configured site, and have a .tests.yml with a
+    positive and a negative case.
+    """
+    from detectors.sigma import check_rules
+
+    problems = check_rules(_rules_dir(ctx, rules_path), _settings(ctx).detect.site)
+    bad = 0
+    for path, found in problems.items():
+        if not found:
+            click.echo(f"ok    {path}")
+            continue
+        bad += 1
+        click.echo(f"FAIL  {path}")
+        for problem in found:
+            click.echo(f"        {problem}")
+    total = sum(len(found) for found in problems.values())
+    click.echo(f"{len(problems)} rule files, {bad} with problems ({total} problems)")
+    if bad:
+        ctx.exit(1)
+
+
+@rules.command("test")
+@_RULES_OPTION
+@click.option("--json", "as_json", is_flag=True, help="One JSON report instead of text.")
+@click.option(
+    "--configured-site",
+    is_flag=True,
+    help="Compile with the configured [detect.site] instead of the lab's site the cases are"
+    " written against.",
+)
+@click.pass_context
+def rules_test(
+    ctx: click.Context, rules_path: Path | None, as_json: bool, configured_site: bool
+) -> None:
+    """Run every rule's test cases (<slug>.tests.yml); exit 1 when one fails."""
+    from datetime import UTC, datetime
+
+    from detectors.sigma import rule_files, run_tests, tests_path
+    from soc.config import LAB_SITE
+
+    folder = _rules_dir(ctx, rules_path)
+    site = _settings(ctx).detect.site if configured_site else LAB_SITE
+    started = datetime.now(UTC)
+    results = run_tests(folder, site)
+    untested = [str(p) for p in rule_files(folder) if not tests_path(p).exists()]
+    failed = [r for r in results if not r.passed]
+    if as_json:
+        report = {
+            "ran_at": started.isoformat(timespec="seconds"),
+            "rules_dir": str(folder),
+            "site": "configured" if configured_site else "lab",
+            "passed": not failed,
+            "cases": len(results),
+            "failed": len(failed),
+            "untested_files": untested,
+            "results": [r.as_dict() for r in results],
+        }
+        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        for result in results:
+            verdict = "PASS" if result.passed else "FAIL"
+            if result.rule_id == "-":  # the file did not load or compile
+                click.echo(f"{verdict}  {result.file}")
+            else:
+                click.echo(f"{verdict}  {result.rule_id}  {result.title} :: {result.case}")
+            if result.error:
+                click.echo(f"        error: {result.error}")
+            elif not result.passed:
+                expected = "a match" if result.expected else "no match"
+                click.echo(f"        expected {expected}, matched {len(result.matched)} events")
+        for path in untested:
+            click.echo(f"NONE  {path}: no test cases")
+        click.echo(
+            f"{len(results)} cases: {len(results) - len(failed)} passed, {len(failed)} failed"
+        )
+    if failed:
+        ctx.exit(1)

@@ -12,12 +12,14 @@ directory.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 from soc.errors import ConfigError
@@ -84,6 +86,50 @@ class CollectSettings:
         _require(self.max_pending_kb >= 1, "collect.max_pending_kb", "at least 1")
 
 
+#: The lab's site (``lab.base.LabSite``, ``lab/plant.py``): what the rules' test cases are written
+#: against, and the defaults of ``[detect.site]``. A real site sets its own in ``soc.toml``.
+LAB_SITE: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "modbus_masters": ("127.0.10.100",),  # the HMI polls and writes the PLC
+        "modbus_servers": ("127.0.10.1",),  # the water-tank PLC
+        "modbus_setpoint_registers": ("1", "2", "3", "4"),  # holding registers: setpoints, limits
+        "modbus_alarm_registers": ("3", "4"),  # the high-high and low-low limits
+        # written values beyond the tank's 4,000 mm (a regular expression, for |re|expand)
+        "modbus_setpoint_out_of_range": (
+            "^(400[1-9]|40[1-9][0-9]|4[1-9][0-9][0-9]|[5-9][0-9][0-9][0-9]|[1-9][0-9][0-9][0-9][0-9]+)$",
+        ),
+        "modbus_ports": ("502", "5020"),  # the standard port and the lab PLC's
+        "engineering_workstations": (),  # none in the lab
+        "opcua_clients": ("127.0.10.100",),  # the SCADA client
+        "dlms_head_ends": ("127.0.20.100",),
+        "mqtt_publishers": ("127.0.30.11", "127.0.30.12", "127.0.30.13"),  # sensor stations
+    }
+)
+_SITE_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    """Detection: where the Sigma rules are, and the site knowledge their placeholders name.
+
+    ``site`` maps a placeholder name (``%modbus_masters%`` in a rule, with ``|expand``) to its
+    values. ``[detect.site]`` in ``soc.toml`` and ``SOC_DETECT_SITE_<NAME>`` (comma-separated; empty
+    for none) set one name each; the names not set keep their defaults (:data:`LAB_SITE`).
+    """
+
+    rules_dir: Path | None = None  # default: the rules shipped with the package (rules/)
+    site: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(LAB_SITE), hash=False)
+
+    def __post_init__(self) -> None:
+        for name, values in self.site.items():
+            _require(bool(_SITE_NAME.fullmatch(name)), f"detect.site.{name}", "a lowercase name")
+            _require(
+                isinstance(values, tuple) and all(isinstance(v, str) and v for v in values),
+                f"detect.site.{name}",
+                "a list of non-empty strings",
+            )
+
+
 @dataclass(frozen=True)
 class Settings:
     """The whole configuration; ``sources`` says where each key's value came from."""
@@ -94,6 +140,7 @@ class Settings:
     sqlite: SqliteSettings = field(default_factory=SqliteSettings)
     collect: CollectSettings = field(default_factory=CollectSettings)
     elasticsearch: ElasticsearchSettings = field(default_factory=ElasticsearchSettings)
+    detect: DetectSettings = field(default_factory=DetectSettings)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -150,6 +197,12 @@ def iter_settings(settings: Settings) -> list[tuple[str, Any, str]]:
             key = prefix + f.name
             if is_dataclass(value):
                 walk(value, key + ".")
+                continue
+            if isinstance(value, Mapping):  # detect.site: one row per name
+                for name, item in value.items():
+                    rows.append(
+                        (f"{key}.{name}", item, settings.sources.get(f"{key}.{name}", "default"))
+                    )
                 continue
             if key in _SECRET_KEYS and value is not None:
                 value = "********"
@@ -208,6 +261,12 @@ def _build(
                 raise ConfigError(f"expected a [{key}] table in {file_path.name}", location=key)
             values[f.name] = _build(hint, key + ".", section, env, file_path, cwd, sources)
             continue
+        if typing.get_origin(hint) is Mapping:
+            default = f.default_factory() if callable(f.default_factory) else {}
+            values[f.name] = _build_mapping(
+                key, default, table.get(f.name), env, file_path, sources
+            )
+            continue
         variable = env_name(key)
         if variable in env:
             values[f.name] = _cast(env[variable], hint, key, variable, cwd)
@@ -216,6 +275,52 @@ def _build(
             values[f.name] = _cast(table[f.name], hint, key, file_path.name, file_path.parent)
             sources[key] = str(file_path.name)
     return cls(**values)
+
+
+def _build_mapping(
+    key: str,
+    default: Mapping[str, tuple[str, ...]],
+    raw: Any,
+    env: Mapping[str, str],
+    file_path: Path,
+    sources: dict[str, str],
+) -> Mapping[str, tuple[str, ...]]:
+    """A table of named string lists (``[detect.site]``): the defaults, each name overridden by
+    ``soc.toml`` then by ``SOC_<KEY>_<NAME>``."""
+    result = dict(default)
+    if raw is not None:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"expected a [{key}] table in {file_path.name}", location=key)
+        for name, value in raw.items():
+            result[name] = _string_list(value, f"{key}.{name}", file_path.name)
+            sources[f"{key}.{name}"] = file_path.name
+    prefix = env_name(key) + "_"
+    for variable, value in env.items():
+        if variable.startswith(prefix) and len(variable) > len(prefix):
+            name = variable[len(prefix) :].lower()
+            result[name] = _string_list(value, f"{key}.{name}", variable)
+            sources[f"{key}.{name}"] = variable
+    for name in result:
+        if not _SITE_NAME.fullmatch(name):
+            raise ConfigError("must be a lowercase name (a-z, 0-9, _)", location=f"{key}.{name}")
+    return result  # a plain dict: settings travel to worker processes (pickle)
+
+
+def _string_list(raw: Any, key: str, origin: str) -> tuple[str, ...]:
+    """A list of strings from TOML (strings or integers) or the environment (comma-separated)."""
+    items = [i.strip() for i in raw.split(",")] if isinstance(raw, str) else raw
+    if isinstance(raw, str) and not raw.strip():
+        items = []
+    if not isinstance(items, list) or not all(
+        isinstance(i, str | int) and not isinstance(i, bool) for i in items
+    ):
+        raise ConfigError(
+            f"expected a list of strings or integers, got {raw!r} (from {origin})", location=key
+        )
+    values = tuple(str(i) for i in items)
+    if not all(values):
+        raise ConfigError(f"empty value in {raw!r} (from {origin})", location=key)
+    return values
 
 
 def _cast(raw: Any, hint: Any, key: str, origin: str, base: Path) -> Any:
