@@ -629,7 +629,16 @@ def demo(ctx: click.Context, duration: float, scenarios: tuple[str, ...]) -> Non
 
 @main.group()
 def rules() -> None:
-    """List, check and test the Sigma detection rules."""
+    """List, check, test and report on the Sigma detection rules."""
+
+
+def _attach_report() -> None:
+    from detectors.report_cli import report as rules_report
+
+    rules.add_command(rules_report)
+
+
+_attach_report()
 
 
 _RULES_OPTION = click.option(
@@ -764,3 +773,152 @@ def rules_test(
         )
     if failed:
         ctx.exit(1)
+
+
+# -- detect ----------------------------------------------------------------------------------
+
+
+@main.command("detect")
+@_RULES_OPTION
+@click.option(
+    "--follow", is_flag=True, help="Keep running: detect over new events every --interval seconds."
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="Seconds between runs with --follow.",
+)
+@click.option(
+    "--pcap",
+    "captures",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True),
+    help="Detect over a capture collected in memory instead of the store (repeat for several).",
+)
+@click.option(
+    "--jsonl",
+    type=click.File("wb", lazy=False),
+    help="With --pcap: write the alerts as JSON lines to this file ('-' for standard output).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON.")
+@click.pass_context
+def detect(
+    ctx: click.Context,
+    rules_path: Path | None,
+    follow: bool,
+    interval: float,
+    captures: tuple[Path, ...],
+    jsonl: IO[bytes] | None,
+    as_json: bool,
+) -> None:
+    """Run the detection rules over the events stored since the last run (a checkpoint per rule).
+
+    Every matching event alerts exactly once, across runs and restarts; alerts go to the store's
+    alerts table (see `soc alerts`). With --pcap FILE --jsonl OUT, the capture is collected in
+    memory and its alerts written as JSON lines; the store is not touched.
+    """
+    from detectors.runner import Detector, collect_captures, detect_events, load_plans
+    from soc.store.sqlite import SQLiteStore
+
+    settings = _settings(ctx)
+    if captures and follow:
+        raise click.UsageError("--follow reads the store; it does not go with --pcap")
+    if jsonl is not None and not captures:
+        raise click.UsageError("--jsonl goes with --pcap")
+    plans = load_plans(_rules_dir(ctx, rules_path), settings.detect.site)
+    if captures:
+        started = time.perf_counter()
+        found = detect_events(collect_captures(captures, settings.collect), plans)
+        out = jsonl if jsonl is not None else sys.stdout.buffer
+        for doc in found:
+            out.write(orjson.dumps(doc) + b"\n")
+        out.flush()
+        counts: dict[str, int] = {}
+        for doc in found:
+            counts[doc["rule"]["name"]] = counts.get(doc["rule"]["name"], 0) + 1
+        click.echo(f"{len(found)} alerts in {time.perf_counter() - started:.2f} s", err=True)
+        for name, n in sorted(counts.items()):
+            click.echo(f"  {n:6,}  {name}", err=True)
+        return
+    titles = {plan.id: plan.rule.title for plan in plans}
+    with closing(open_store(settings)) as opened:
+        if not isinstance(opened, SQLiteStore):
+            raise StoreError("detection runs on the sqlite backend", location="store.backend")
+        detector = Detector(opened, plans)
+        stop = threading.Event()
+        previous = (
+            {
+                sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)
+            }
+            if follow
+            else {}
+        )
+        try:
+            while True:
+                summary = detector.run_once()
+                if as_json:
+                    doc = {
+                        "events": summary.events,
+                        "seconds": round(summary.seconds, 3),
+                        "created": summary.created,
+                        "updated": summary.updated,
+                    }
+                    click.echo(orjson.dumps(doc).decode())
+                elif summary.alerts or not follow:
+                    click.echo(
+                        f"{summary.events:,} new events, {sum(summary.created.values()):,} new"
+                        f" alerts, {sum(summary.updated.values()):,} continued"
+                        f" ({summary.seconds:.2f} s)"
+                    )
+                    for rule_id in sorted(
+                        {*summary.created, *summary.updated}, key=lambda r: titles.get(r, r)
+                    ):
+                        click.echo(
+                            f"  {summary.created.get(rule_id, 0):5,} new"
+                            f" {summary.updated.get(rule_id, 0):5,} continued  {titles[rule_id]}"
+                        )
+                if not follow or stop.wait(interval):
+                    break
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+@main.command("alerts")
+@click.option("--rule", "rule_id", help="Only the alerts of this rule id.")
+@click.option("--since", help="Alerts whose first event is at or after this time (ISO 8601).")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One alert document per line.")
+@click.pass_context
+def alerts(
+    ctx: click.Context, rule_id: str | None, since: str | None, limit: int, as_json: bool
+) -> None:
+    """List the stored alerts, newest first (`soc detect` raises them)."""
+    from soc.store.base import AlertQuery
+
+    query = AlertQuery(rule_id=rule_id, start_us=_time(since, "--since"), limit=limit)
+    with _open(ctx) as opened:
+        found = opened.query_alerts(query)
+    if as_json:
+        for row in found:
+            click.echo(orjson.dumps(row.doc).decode())
+        return
+    if not found:
+        click.echo("no alerts", err=True)
+        return
+    rows: list[tuple[str, ...]] = [
+        (
+            _short_time(row.doc.get("@timestamp")),
+            str(row.doc.get("labels", {}).get("level", "-")),
+            ",".join(row.doc.get("threat", {}).get("technique", {}).get("id", [])) or "-",
+            str(row.doc.get("source", {}).get("ip", "-")),
+            str(row.doc.get("destination", {}).get("ip", "-")),
+            f"{row.doc.get('ics', {}).get('alert', {}).get('event_count', 0):,}",
+            str(row.doc.get("rule", {}).get("name", row.rule_id)),
+        )
+        for row in found
+    ]
+    _print_table(("FIRST", "LEVEL", "TECHNIQUES", "SOURCE", "DESTINATION", "EVENTS", "RULE"), rows)

@@ -112,6 +112,37 @@ class StoreInfo:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class AlertRow:
+    """One stored alert: its ECS document and the columns detection finds it by.
+
+    ``group_key`` is the JSON text of the rule's normalised group-by values; ``ts`` and ``end_ts``
+    (µs) the alert's first event and the end of its last window.
+    """
+
+    id: str
+    rule_id: str
+    group_key: str
+    ts: int
+    end_ts: int
+    severity: int
+    doc: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AlertQuery:
+    """Which alerts to list: a rule, a time range (on the alert's first event), newest first."""
+
+    rule_id: str | None = None
+    start_us: int | None = None
+    end_us: int | None = None
+    limit: int = 100
+
+    def __post_init__(self) -> None:
+        if self.limit < 1:
+            raise StoreError("limit must be at least 1", location="query")
+
+
 class EventStore(Protocol):
     """What the collectors, detectors and the API need from a store."""
 
@@ -143,6 +174,10 @@ class EventStore(Protocol):
 
     def list_assets(self, query: AssetQuery) -> list[AssetDoc]:
         """The stored assets that match, ordered by address."""
+        ...
+
+    def query_alerts(self, query: AlertQuery) -> list[AlertRow]:
+        """The stored alerts that match, newest first."""
         ...
 
     def info(self) -> StoreInfo:

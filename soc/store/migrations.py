@@ -158,4 +158,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX assets_last_seen ON assets (last_seen)",
         ),
     ),
+    # Detection (detectors.runner): an alert is one episode of a rule for one group (its
+    # group-by values, JSON text in ``group_key``), from ``ts`` to ``end_ts`` (µs: its first
+    # event and the end of its last window); a run continues the alert whose window the new
+    # episode overlaps, found by (rule_id, group_key, end_ts). ``detection_checkpoints`` holds
+    # each rule's highest ``events.seq`` processed.
+    Migration(
+        "0004_detection",
+        (
+            "ALTER TABLE alerts ADD COLUMN group_key TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE alerts ADD COLUMN end_ts INTEGER",
+            "CREATE INDEX alerts_rule_ts ON alerts (rule_id, ts)",
+            "CREATE INDEX alerts_rule_group ON alerts (rule_id, group_key, end_ts)",
+            """CREATE TABLE detection_checkpoints (
+                rule_id TEXT PRIMARY KEY,
+                seq INTEGER NOT NULL,
+                updated_at TEXT NOT NULL
+            )""",
+        ),
+    ),
 )

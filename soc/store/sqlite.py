@@ -26,6 +26,8 @@ from soc.assets import AssetDoc, ip_sort_key, merge, network_range, parse_seen, 
 from soc.errors import StoreError
 from soc.event import get_field, missing_fields, parse_timestamp
 from soc.store.base import (
+    AlertQuery,
+    AlertRow,
     AssetQuery,
     EventQuery,
     Page,
@@ -305,6 +307,103 @@ class SQLiteStore:
             rows: list[Any] = self._conn.execute(sql, params).fetchall()
         return [_stored_asset(text, ip) for ip, text in rows]
 
+    # -- detection --------------------------------------------------------------------------
+
+    def prepare_detection(self) -> None:
+        """Give the connection what compiled rules call: ``REGEXP`` (Sigma's ``|re``)."""
+        from detectors.sigma import prepare_connection  # detectors depend on the store
+
+        prepare_connection(self._conn)
+
+    def read_rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The rows of a read-only statement: the SQL detection compiles the rules to."""
+        with self._errors("running a detection query"):
+            return list(self._conn.execute(sql, tuple(params)))
+
+    def max_event_seq(self) -> int:
+        """The arrival number (``events.seq``) of the newest event, 0 when there is none."""
+        with self._errors("reading the newest event"):
+            return int(self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").get or 0)
+
+    def detection_checkpoints(self) -> dict[str, int]:
+        """Each rule's highest ``events.seq`` already processed by detection."""
+        with self._errors("reading detection checkpoints"):
+            return dict(self._conn.execute("SELECT rule_id, seq FROM detection_checkpoints"))
+
+    def alerts_near(
+        self, rule_id: str, group_key: str, start_us: int, end_us: int
+    ) -> list[AlertRow]:
+        """A rule's alerts for one group that reach into ``[start_us, end_us]``, oldest first."""
+        sql = (
+            f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE rule_id = ? AND group_key = ?"  # noqa: S608
+            " AND end_ts >= ? AND ts <= ? ORDER BY ts"
+        )
+        with self._errors("reading alerts"):
+            rows = self._conn.execute(sql, (rule_id, group_key, start_us, end_us)).fetchall()
+        return [_alert(row) for row in rows]
+
+    def commit_detection(
+        self,
+        rule_id: str,
+        seq: int,
+        alerts: Sequence[AlertRow],
+        links: Sequence[tuple[str, str]],
+    ) -> None:
+        """In one transaction: link events to alerts (once each), store the alerts (their
+        ``ics.alert.event_count`` set to the events linked), and move the rule's checkpoint."""
+        conn = self._conn
+        with self._errors(f"storing the alerts of rule {rule_id}"), self._transaction():
+            conn.executemany(
+                "INSERT OR IGNORE INTO alert_events (alert_id, event_id) VALUES (?, ?)", links
+            )
+            for row in alerts:
+                count = int(
+                    conn.execute(
+                        "SELECT count(*) FROM alert_events WHERE alert_id = ?", (row.id,)
+                    ).get
+                    or 0
+                )
+                info = row.doc.get("ics", {}).get("alert", {})
+                if isinstance(info, dict) and "event_count" in info:
+                    info["event_count"] = count
+                    info["event_ids_truncated"] = count > len(info.get("event_ids", []))
+                conn.execute(_UPSERT_ALERT, _alert_values(row))
+            conn.execute(
+                "INSERT INTO detection_checkpoints (rule_id, seq, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (rule_id) DO UPDATE SET seq = excluded.seq,"
+                " updated_at = excluded.updated_at",
+                (rule_id, seq, datetime.now(UTC).isoformat()),
+            )
+
+    def write_alerts(self, alerts: Iterable[AlertRow]) -> int:
+        """Store (or replace, by id) alert documents in one transaction."""
+        rows = [_alert_values(row) for row in alerts]
+        with self._errors(f"writing {len(rows)} alerts"), self._transaction():
+            self._conn.executemany(_UPSERT_ALERT, rows)
+        return len(rows)
+
+    def query_alerts(self, query: AlertQuery) -> list[AlertRow]:
+        """The stored alerts that match, newest first (by their first event)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if query.rule_id is not None:
+            where.append("rule_id = ?")
+            params.append(query.rule_id)
+        if query.start_us is not None:
+            where.append("ts >= ?")
+            params.append(query.start_us)
+        if query.end_us is not None:
+            where.append("ts < ?")
+            params.append(query.end_us)
+        sql = f"SELECT {_ALERT_COLUMNS} FROM alerts"  # noqa: S608 - fixed names
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts DESC, seq DESC LIMIT ?"
+        params.append(query.limit)
+        with self._errors("listing alerts"):
+            rows = self._conn.execute(sql, params).fetchall()
+        return [_alert(row) for row in rows]
+
     def info(self) -> StoreInfo:
         """Backend, file, applied migrations and rows per table."""
         with self._errors("reading table sizes"):
@@ -411,6 +510,45 @@ def _stored_asset(text: str, ip: str) -> AssetDoc:
     if not isinstance(doc, dict):
         raise StoreError("the stored asset is not a JSON object", location=f"assets {ip}")
     return doc
+
+
+_ALERT_COLUMNS = "id, rule_id, group_key, ts, end_ts, severity, doc"
+_UPSERT_ALERT = (
+    "INSERT INTO alerts (id, rule_id, group_key, ts, end_ts, severity, doc)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET group_key = excluded.group_key,"
+    " ts = excluded.ts, end_ts = excluded.end_ts, severity = excluded.severity, doc = excluded.doc"
+)
+
+
+def _alert_values(row: AlertRow) -> Row:
+    return (
+        row.id,
+        row.rule_id,
+        row.group_key,
+        row.ts,
+        row.end_ts,
+        row.severity,
+        orjson.dumps(row.doc).decode(),
+    )
+
+
+def _alert(row: Sequence[Any]) -> AlertRow:
+    ident, rule_id, group_key, ts, end_ts, severity, text = row
+    try:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise StoreError(
+            f"the stored alert is not JSON: {exc}", location=f"alerts {ident}"
+        ) from exc
+    return AlertRow(
+        ident,
+        rule_id,
+        group_key,
+        int(ts),
+        int(end_ts if end_ts is not None else ts),
+        int(severity),
+        doc,
+    )
 
 
 def _json_path(name: str) -> str:
