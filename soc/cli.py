@@ -608,9 +608,21 @@ def demo(ctx: click.Context, duration: float, scenarios: tuple[str, ...]) -> Non
             if attack["protocol"] in collected
             else f"(in the capture; the {attack['protocol']} collector is not built yet){outcome}"
         )
+        alerted = attack.get("alerted") or []
+        if attack["protocol"] in collected:
+            missing = sorted(set(attack["techniques"]) - set(alerted))
+            seen += f"\n  {'':29} alerts raised: {', '.join(alerted) or 'none new'}" + (
+                f" (no new alert for {', '.join(missing)})" if missing else ""
+            )
         echo(f"  {attack['scenario']:29} {','.join(attack['techniques']):12} {seen}")
-    echo("Detection: the Sigma rules and incidents arrive with the detection issue; the events")
-    echo("above are what they will read.")
+    total = sum(n for _, _, n in report.alerts_by_rule)
+    echo(
+        f"Detection (soc detect, {report.detection_s:.1f} s): {total:,} alerts from "
+        f"{len(report.alerts_by_rule)} rules"
+    )
+    for _rule, title, count in report.alerts_by_rule[:12]:
+        echo(f"  {count:>5,}  {title}")
+    echo("Incidents and the API arrive with their issue; the alerts are in the store.")
     echo("Look at:")
     from lab.base import LabSite
 
@@ -618,6 +630,8 @@ def demo(ctx: click.Context, duration: float, scenarios: tuple[str, ...]) -> Non
     echo("  soc assets")
     echo(f"  soc events query --where source.ip={attacker} --limit 5")
     echo("  soc events query --count-by event.action --dataset ics.modbus")
+    echo("  soc alerts --limit 5")
+    echo("  soc rules report --format html --out rules-report.html")
     if lab is not None:
         echo(f"  labels and process values: {lab.out / 'labels.json'}, {lab.out / 'values.json'}")
         if lab.capture is not None:

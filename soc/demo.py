@@ -4,8 +4,9 @@
 2. Its loopback traffic is collected live into the SQLite store as it happens (the capture
    thread hands each batch of frames to the collector); without capture permission, the lab
    still runs and the committed reference capture (``lab/reference/``) is collected instead.
-3. Detection runs as far as it exists, and the demo prints what to look at: events per
-   dataset, the hosts found (the attacker among them), what each attack left in the store, and
+3. The Sigma rules run over the stored events (``soc detect``), and the demo prints what to look
+   at: events per dataset, the hosts found (the attacker among them), the alerts per rule, for
+   each attack the events it left and the ATT&CK techniques alerted against its label, and
    ready-to-paste commands.
 
 Everything the demo starts (servers, clients, capture, writer process) is stopped before it
@@ -29,7 +30,7 @@ from collectors.run import StoreSink, collect_files
 from lab.base import LabSite
 from lab.run import LabResult, resolve_scenarios, run_lab
 from soc.config import Settings
-from soc.store.base import AssetQuery, EventQuery, open_store
+from soc.store.base import AlertQuery, AssetQuery, EventQuery, open_store
 
 REFERENCE = Path(__file__).resolve().parents[1] / "lab" / "reference"
 
@@ -44,6 +45,8 @@ class DemoReport:
     datasets: list[tuple[Any, int]]
     assets: list[dict[str, Any]]
     attacks: list[dict[str, Any]] = field(default_factory=list)
+    alerts_by_rule: list[tuple[str, str, int]] = field(default_factory=list)  # rule, title, n
+    detection_s: float = 0.0
 
 
 def run_demo(
@@ -119,6 +122,21 @@ def _reference_labels() -> list[Any]:
     return [Label(**row) for row in orjson.loads(path.read_bytes())["scenarios"]]
 
 
+def _detect(settings: Settings) -> tuple[float, dict[str, tuple[str, list[str]]]]:
+    """Run the Sigma rules over the new events in the store; (seconds, rule id -> (title,
+    techniques))."""
+    from detectors.runner import Detector, load_plans
+    from detectors.sigma import compile_rules
+
+    rules = {r.id: (r.title, list(r.techniques)) for r in compile_rules(None, settings.detect.site)}
+    store = open_store(settings)
+    try:
+        summary = Detector(store, load_plans(None, settings.detect.site)).run_once()  # type: ignore[arg-type]
+    finally:
+        store.close()
+    return summary.seconds, rules
+
+
 def _report(
     settings: Settings,
     source: str,
@@ -127,8 +145,13 @@ def _report(
     labels: list[Any],
     site: LabSite,
 ) -> DemoReport:
+    detection_s, rules = _detect(settings)
     store = open_store(settings)
     try:
+        alerts = store.query_alerts(AlertQuery(limit=100_000))
+        per_rule: dict[str, int] = {}
+        for alert in alerts:
+            per_rule[alert.rule_id] = per_rule.get(alert.rule_id, 0) + 1
         datasets = store.count_events(EventQuery(limit=1), by="event.dataset")
         assets = [dict(a) for a in store.list_assets(AssetQuery())]
         attacks = []
@@ -140,6 +163,15 @@ def _report(
                 limit=1,
             )
             by_action = store.count_events(window, by="event.action")
+            techniques = sorted(
+                {
+                    t
+                    for a in alerts
+                    if label.start_us <= a.ts <= label.end_us + 6_000_000  # raised in it
+                    and label.attacker in a.doc.get("related", {}).get("ip", [])
+                    for t in rules.get(a.rule_id, ("", []))[1]
+                }
+            )
             attacks.append(
                 {
                     "scenario": label.scenario,
@@ -148,8 +180,13 @@ def _report(
                     "outcome": label.outcome,
                     "events": sum(n for _, n in by_action),
                     "actions": by_action[:4],
+                    "alerted": techniques,
                 }
             )
     finally:
         store.close()
-    return DemoReport(source, lab, summary, datasets, assets, attacks)
+    by_rule = sorted(
+        ((rid, rules.get(rid, (rid, []))[0], n) for rid, n in per_rule.items()),
+        key=lambda item: -item[2],
+    )
+    return DemoReport(source, lab, summary, datasets, assets, attacks, by_rule, detection_s)
