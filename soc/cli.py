@@ -646,13 +646,15 @@ def rules() -> None:
     """List, check, test and report on the Sigma detection rules."""
 
 
-def _attach_report() -> None:
+def _attach_rules_commands() -> None:
+    from detectors.export_cli import export as rules_export
     from detectors.report_cli import report as rules_report
 
     rules.add_command(rules_report)
+    rules.add_command(rules_export)
 
 
-_attach_report()
+_attach_rules_commands()
 
 
 _RULES_OPTION = click.option(
