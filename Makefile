@@ -53,6 +53,7 @@ bench: install  ## benchmarks: each prints our figure beside the peer's
 	$(BIN)/python -m bench.store_ingest
 	$(BIN)/python -m bench.collect_modbus
 	$(BIN)/python -m bench.live_modbus
+	$(BIN)/python -m bench.detect
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache .hypothesis
