@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -200,22 +197,6 @@ level: high
     assert "modbus.raw:/(5a00(40|41)).*/" in lucene["query"]
     (esql,) = export_rules("esql", tmp_path).documents
     assert 'modbus.raw rlike "(5a00(40|41)).*"' in esql["query"]
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    attempts: list[str] = []
-
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        attempts.append(repr(args[1:] or kwargs))
-        raise OSError("the network is off limits during detection")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    yield attempts
-    assert attempts == [], f"the export tried to reach the network: {attempts}"
 
 
 def test_the_command_writes_and_reports_offline(

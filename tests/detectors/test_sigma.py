@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
 import textwrap
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -462,22 +459,6 @@ def test_an_undeclared_list_field_is_reported_by_the_test_run(tmp_path: Path) ->
 
 
 # -- offline ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    attempts: list[str] = []
-
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        attempts.append(repr(args[1:] or kwargs))
-        raise OSError("the network is off limits during detection")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    yield attempts
-    assert attempts == [], f"detection tried to reach the network: {attempts}"
 
 
 def test_nothing_in_check_or_compile_touches_the_network(
