@@ -26,7 +26,6 @@ from typing import Any
 
 from lab.base import LabSite, scenario
 from lab.sensors import (
-    City,
     MqttLink,
     Station,
     encode,
@@ -34,6 +33,7 @@ from lab.sensors import (
     stations_for,
     status_payload,
 )
+from lab.sun import City
 
 #: the attacker's client ids (MQTTX names its clients ``mqttx_`` and 8 hex digits)
 DISCOVERY_CLIENT_ID = "mqttx_3f9a61c2"

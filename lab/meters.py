@@ -85,9 +85,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dlms_cosem.client as _dlms_client  # type: ignore[import-untyped, unused-ignore]
 import dlms_cosem.connection as _dlms_connection  # type: ignore[import-untyped, unused-ignore]
@@ -109,6 +108,7 @@ from dlms_cosem.protocol.wrappers import (  # type: ignore[import-untyped, unuse
 )
 
 from lab.base import LabSite, cancel_and_wait, now_us
+from lab.sun import City, sun_sin_elevation
 
 log = logging.getLogger(__name__)
 
@@ -222,49 +222,6 @@ class NullData(dlms_data.NullData):  # type: ignore[misc]
 
 
 # --- where and when ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Location:
-    """Where the meters are (the same city as the wellbeing sensors by default)."""
-
-    latitude: float = 48.86
-    longitude: float = 2.35
-    timezone: str = "Europe/Paris"
-
-    def tz(self) -> tzinfo:
-        """The local time zone (a fixed UTC+1 when the system has no tz database)."""
-        try:
-            return ZoneInfo(self.timezone)
-        except ZoneInfoNotFoundError:
-            return timezone(timedelta(hours=1))
-
-
-def sun_sin_elevation(t: float, latitude: float, longitude: float) -> float:
-    """Sine of the sun's elevation at unix time ``t`` (NOAA's approximation)."""
-    utc = datetime.fromtimestamp(t, UTC)
-    doy = utc.timetuple().tm_yday
-    hours = utc.hour + utc.minute / 60 + utc.second / 3600
-    gamma = 2 * math.pi / 365 * (doy - 1 + (hours - 12) / 24)
-    eqtime = 229.18 * (
-        0.000075
-        + 0.001868 * math.cos(gamma)
-        - 0.032077 * math.sin(gamma)
-        - 0.014615 * math.cos(2 * gamma)
-        - 0.040849 * math.sin(2 * gamma)
-    )
-    decl = (
-        0.006918
-        - 0.399912 * math.cos(gamma)
-        + 0.070257 * math.sin(gamma)
-        - 0.006758 * math.cos(2 * gamma)
-        + 0.000907 * math.sin(2 * gamma)
-        - 0.002697 * math.cos(3 * gamma)
-        + 0.00148 * math.sin(3 * gamma)
-    )
-    hour_angle = math.radians((hours * 60 + eqtime + 4 * longitude) / 4 - 180)
-    lat = math.radians(latitude)
-    return math.sin(lat) * math.sin(decl) + math.cos(lat) * math.cos(decl) * math.cos(hour_angle)
 
 
 def clear_sky_ghi(sin_elevation: float) -> float:
@@ -546,7 +503,7 @@ class MeterModel:
 
 
 def build_model(
-    address: str, index: int, seed: int, prosumer: bool, location: Location, start: float
+    address: str, index: int, seed: int, prosumer: bool, location: City, start: float
 ) -> MeterModel:
     """A meter's model with its parameters drawn from ``random.Random(f"{seed}:{address}")``."""
     rng = random.Random(f"{seed}:{address}")  # noqa: S311 (a simulation, not cryptography)
@@ -1230,7 +1187,7 @@ class Meters:
         prosumers: int = 1,
         backfill_days: float = 2.0,
         sample_s: float = 1.0,
-        location: Location | None = None,
+        location: City | None = None,
         password: bytes = MANAGEMENT_PASSWORD,
     ) -> None:
         self.site = site
@@ -1239,7 +1196,7 @@ class Meters:
         self._prosumers = prosumers
         self._backfill_s = backfill_days * 86400.0
         self._sample_s = sample_s
-        self._location = location or Location()
+        self._location = location or City()
         self._password = password
         self.meters: dict[str, SmartMeter] = {}
         self._samples: list[dict[str, Any]] = []

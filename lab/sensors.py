@@ -68,9 +68,8 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -79,6 +78,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from lab.base import LabSite, now_us
+from lab.sun import City, solar_elevation
 
 # -- the stations -----------------------------------------------------------------------------
 
@@ -94,22 +94,6 @@ QUANTITIES: dict[str, tuple[str, int]] = {
 TOPIC_ROOT = "city"
 FIRMWARE = "3.2.1"
 MODEL = "WB-ENV-6"
-
-
-@dataclass(frozen=True)
-class City:
-    """Where the city is: the sun and the clock of its traffic depend on it."""
-
-    latitude: float = 48.86
-    longitude: float = 2.35
-    timezone: str = "Europe/Paris"
-
-    def tz(self) -> tzinfo:
-        """The city's time zone (a fixed UTC+1 when the system has no tz database)."""
-        try:
-            return ZoneInfo(self.timezone)
-        except ZoneInfoNotFoundError:
-            return timezone(timedelta(hours=1))
 
 
 @dataclass(frozen=True)
@@ -188,26 +172,6 @@ WEEKDAY_TRAFFIC = (0.12, 0.07, 0.05, 0.05, 0.08, 0.20, 0.50, 0.88, 1.00, 0.78, 0
                    0.65, 0.64, 0.60, 0.66, 0.80, 0.95, 0.90, 0.66, 0.46, 0.36, 0.28, 0.19)  # fmt: skip
 WEEKEND_TRAFFIC = (0.20, 0.14, 0.10, 0.07, 0.06, 0.08, 0.14, 0.25, 0.38, 0.50, 0.60, 0.66,
                    0.68, 0.65, 0.62, 0.62, 0.64, 0.66, 0.62, 0.52, 0.42, 0.36, 0.30, 0.24)  # fmt: skip
-
-
-def solar_elevation(when: datetime, latitude: float, longitude: float) -> float:
-    """The sun's elevation above the horizon in degrees (NOAA's approximation, ~0.5°)."""
-    utc = when.astimezone(UTC)
-    doy = utc.timetuple().tm_yday
-    hours = utc.hour + utc.minute / 60 + utc.second / 3600
-    gamma = 2 * math.pi / 365 * (doy - 1 + (hours - 12) / 24)
-    eqtime = 229.18 * (0.000075 + 0.001868 * math.cos(gamma) - 0.032077 * math.sin(gamma)
-                       - 0.014615 * math.cos(2 * gamma) - 0.040849 * math.sin(2 * gamma))  # fmt: skip
-    decl = (0.006918 - 0.399912 * math.cos(gamma) + 0.070257 * math.sin(gamma)
-            - 0.006758 * math.cos(2 * gamma) + 0.000907 * math.sin(2 * gamma)
-            - 0.002697 * math.cos(3 * gamma) + 0.00148 * math.sin(3 * gamma))  # fmt: skip
-    solar_minutes = hours * 60 + eqtime + 4 * longitude
-    hour_angle = math.radians(solar_minutes / 4 - 180)
-    lat = math.radians(latitude)
-    sin_elev = math.sin(lat) * math.sin(decl) + math.cos(lat) * math.cos(decl) * math.cos(
-        hour_angle
-    )
-    return math.degrees(math.asin(max(-1.0, min(1.0, sin_elev))))
 
 
 def daylight_lux(elevation: float, cloud: float) -> float:

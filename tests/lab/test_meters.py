@@ -51,11 +51,11 @@ from lab.meters import (
     UNIT_W,
     UNIT_WH,
     VOLTAGE_L1,
-    Location,
     Meters,
     build_model,
     obis,
 )
+from lab.sun import City
 
 PARIS = ZoneInfo("Europe/Paris")
 #: a Wednesday in June, at the evening peak
@@ -334,7 +334,7 @@ def test_values_are_deterministic_given_the_seed() -> None:
     start = EVENING.timestamp()
 
     def day(seed: int) -> tuple[int, int]:
-        model = build_model("127.0.20.4", 3, seed, True, Location(), start)
+        model = build_model("127.0.20.4", 3, seed, True, City(), start)
         model.advance(start + 86400)
         return int(model.energy_import_wh), int(model.energy_export_wh)
 
