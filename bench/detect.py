@@ -18,7 +18,10 @@ Then measures, in one run on this machine:
 - latency from storage to alert: ``soc detect --follow --interval 0.5`` runs on the store while
   bursts of attack events (30 writes to one coil from 127.0.66.6 within 2 s and one
   Diagnostics 8/4 Force Listen Only request, amid normal polling) are written; each alert is
-  watched for in the alerts table from a read-only connection.
+  watched for in the alerts table from a read-only connection;
+- ours again on "plant traffic": a second store of N events where only one copy in 200 keeps
+  the attacks and the others hold the capture's normal polling alone (the reference capture is
+  96% attack traffic: scans and floods every rule must count; a plant sends mostly polling).
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ COIL_RULE = "2e0e0a32-41c9-492f-8102-f371201124eb"  # coil brute force (event_co
 FLO_RULE = "21507f87-8a00-4802-ad77-195a86541d67"  # force listen only (single event)
 BURST_GAP_US = 3_600_000_000  # bursts an hour apart (event time): each raises new alerts
 TARGET_RATE = 100_000
+PLANT_ATTACK_EVERY = 200  # plant traffic: one copy of the reference in 200 keeps its attacks
 TARGET_DELAY_S = 2.0
 
 
@@ -88,9 +91,11 @@ def _copy(
     return out
 
 
-def build_store(db: Path, n: int) -> tuple[int, int, int, float]:
+def build_store(db: Path, n: int, attack_every: int = 1) -> tuple[int, int, int, float]:
     """Write ``n`` events (copies of the reference) into a new store at ``db`` through the
-    writer process; (events, copies, events per copy, seconds)."""
+    writer process; (events, copies, events per copy, seconds). With ``attack_every`` K > 1,
+    only one copy in K keeps the attacks; the others hold the normal polling alone (the events
+    not to or from the attacker)."""
     from soc.config import Settings, SqliteSettings
     from soc.event import parse_timestamp
     from soc.store.writer import StoreWriter
@@ -100,6 +105,11 @@ def build_store(db: Path, n: int) -> tuple[int, int, int, float]:
     ids = [e["event"]["id"] for e in events]
     assert len({i[4:] for i in ids}) == len(ids), "reference ids not unique after 4 characters"
     template = [(parse_timestamp(e["@timestamp"]), orjson.dumps(e)) for e in events]
+    normal = [
+        t
+        for t, e in zip(template, events, strict=True)
+        if ATTACKER not in (e["source"]["ip"], e["destination"]["ip"])
+    ]
     first, last = template[0][0], template[-1][0]
     frames = max(int(e["modbus"].get("frame", 0)) for e in events) + 1
     shift = (last - first) + COPY_GAP_US
@@ -107,7 +117,8 @@ def build_store(db: Path, n: int) -> tuple[int, int, int, float]:
     settings = Settings(sqlite=SqliteSettings(path=db))
     with StoreWriter(settings) as writer:
         while written < n:
-            batch = _copy(template, frames, copies, copies * shift)[: n - written]
+            source = template if copies % attack_every == 0 else normal
+            batch = _copy(source, frames, copies, copies * shift)[: n - written]
             writer.write(batch)
             written += len(batch)
             copies += 1
@@ -130,21 +141,10 @@ def run_ours(db: Path) -> tuple[Any, dict[str, float], dict[str, str], float, in
 
     plans = load_plans()
     titles = {p.id: p.rule.title for p in plans}
-    per_rule: dict[str, float] = {}
     with SQLiteStore(db) as store:
-        detector = Detector(store, plans)
-        step: Callable[..., tuple[int, int]] = detector._step
-
-        def timed(plan: Any, after: int, upto: int) -> tuple[int, int]:
-            t = time.perf_counter()
-            try:
-                return step(plan, after, upto)
-            finally:
-                per_rule[plan.id] = per_rule.get(plan.id, 0.0) + time.perf_counter() - t
-
-        detector._step = timed  # type: ignore[method-assign]
-        summary = detector.run_once()
+        summary = Detector(store, plans).run_once()
         stored = int(store._conn.execute("SELECT count(*) FROM alerts").get or 0)
+    per_rule = dict(summary.rule_seconds)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return summary, per_rule, titles, peak, stored
 
@@ -311,7 +311,8 @@ def main() -> None:
         size_mb = sum(p.stat().st_size for p in db.parent.glob("soc.db*")) / 2**20
         print(
             f"store: {written:,} Modbus events, {copies} copies of the lab's reference capture"
-            f" ({per_copy:,} events each: polling and the attacks), {size_mb:,.0f} MB"
+            f" ({per_copy:,} events each: polling and the attacks, 96% attack traffic),"
+            f" {size_mb:,.0f} MB"
             f" (built in {build_s:.1f} s)"
         )
 
@@ -327,6 +328,14 @@ def main() -> None:
 
         events = reference_events()
         coil, flo, startup = measure_latency(tmpdir, db, bursts, events)
+
+        plant_db = tmpdir / "plant" / "soc.db"
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+            plant_written, plant_copies, _, _ = pool.submit(
+                build_store, plant_db, n, PLANT_ATTACK_EVERY
+            ).result()
+            plant_summary, _, _, plant_peak, plant_stored = pool.submit(run_ours, plant_db).result()
+        plant_rate = plant_summary.events / plant_summary.seconds
 
     print(f"\ndetection over {summary.events:,} stored events, {len(titles)} rules\n")
     print(f"{'':44} {'events/s':>10} {'seconds':>9} {'vs ours':>8}")
@@ -357,7 +366,11 @@ def main() -> None:
         f" peak memory {peak:,.0f} MB (max RSS)"
     )
     total = sum(per_rule.values())
-    print(f"\nslowest rules (ours; {total:.2f} s in the rules' steps):")
+    print(
+        f"\nours: {summary.staging_seconds:.2f} s staging the events' fields (once per event),"
+        f" {total:.2f} s in the rules (SQL, matches, episodes, alerts)"
+    )
+    print("slowest rules (ours):")
     last_peer = peers[-1][4] if peers else {}
     header = f"pySigma s/{peers[-1][0]:,}" if peers else ""
     print(f"  {'seconds':>8} {'share':>6}  {'alerts':>6} {header:>16}  rule")
@@ -379,13 +392,31 @@ def main() -> None:
     print(f"  coil brute force (30 writes in 2 s)   {stats(coil)}")
     print(f"  force listen only (one request)       {stats(flo)}")
 
+    plant_attacks = (plant_copies + PLANT_ATTACK_EVERY - 1) // PLANT_ATTACK_EVERY
+    print(
+        f"\nplant traffic: {plant_written:,} events, the reference capture's normal polling"
+        f" repeated ({plant_copies:,} copies), its attacks kept in 1 copy of"
+        f" {PLANT_ATTACK_EVERY} ({plant_attacks} copies); the HMI's requests the PLC left"
+        " unanswered during the attacks stay in every copy (one 'stops answering' alert each)"
+    )
+    print(
+        f"  ours: {plant_rate:,.0f} events/s ({plant_summary.seconds:.2f} s,"
+        f" {plant_summary.staging_seconds:.2f} s staging), {plant_stored:,} alerts,"
+        f" peak memory {plant_peak:,.0f} MB"
+    )
+
     def mark(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
     worst = max(coil + flo)
     print("\ntargets:")
     print(
-        f"  >= {TARGET_RATE:,} events/s through the full rule set: {rate:,.0f}/s  {mark(rate >= TARGET_RATE)}"
+        f"  >= {TARGET_RATE:,} events/s through the full rule set, attack-heavy reference:"
+        f" {rate:,.0f}/s  {mark(rate >= TARGET_RATE)}"
+    )
+    print(
+        f"  >= {TARGET_RATE:,} events/s through the full rule set, plant traffic:"
+        f" {plant_rate:,.0f}/s  {mark(plant_rate >= TARGET_RATE)}"
     )
     print(
         f"  < {TARGET_DELAY_S:.0f} s from storage to alert: max {worst:.2f} s  {mark(worst < TARGET_DELAY_S)}"

@@ -35,7 +35,8 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from operator import attrgetter
+from typing import Any, NamedTuple
 
 from detectors.attack import AttackTable
 
@@ -50,9 +51,9 @@ FRAMEWORK = "MITRE ATT&CK for ICS"
 _NAMESPACE = uuid.UUID("5b0c3f7e-4f0e-4d8a-9a39-2f3c6c1c0a51")  # alert ids: uuid5 in this space
 
 
-@dataclass(frozen=True)
-class Match:
-    """One event a base rule matched: what the windows and the alert need of it."""
+class Match(NamedTuple):
+    """One event a base rule matched: what the windows and the alert need of it (a tuple:
+    hundreds of thousands are made per run)."""
 
     id: str
     ts: int  # µs
@@ -131,20 +132,57 @@ def episodes(
     the matches of a look-back before its new events only to fill the windows that end on them).
     """
     groups: dict[tuple[Any, ...], list[Match]] = {}
+    keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # group as carried -> as compared
     single = window.kind == "event"
     for match in matches:
-        key = tuple(normalise(v) for v in match.group)
-        if not single and any(v is None for v in key):
+        try:
+            key = keys[match.group]
+        except KeyError:
+            key = keys[match.group] = tuple(normalise(v) for v in match.group)
+        except TypeError:  # an unhashable value
+            key = tuple(normalise(v) for v in match.group)
+        if not single and None in key:
             continue  # pySigma leaves out a match without its group-by values
-        groups.setdefault(key, []).append(match)
+        rows = groups.get(key)
+        if rows is None:
+            groups[key] = [match]
+        else:
+            rows.append(match)
     found: list[Episode] = []
+    order = attrgetter("ts", "id")
     for key, rows in groups.items():
-        rows.sort(key=lambda m: (m.ts, m.id))
-        if window.kind != "temporal":  # an event matching two referenced rules counts once
-            rows = list({m.id: m for m in rows}.values())
-        found += _group_episodes(window, key, rows, anchor_from)
+        rows.sort(key=order)
+        if window.kind != "temporal" and window.slots > 1:  # an event matching two referenced
+            rows = list({m.id: m for m in rows}.values())  # rules counts once
+        if single:
+            found += _single_episodes(window, key, rows, anchor_from)
+        else:
+            found += _group_episodes(window, key, rows, anchor_from)
     found.sort(key=lambda e: (e.first_anchor, e.key))
     return found
+
+
+def _single_episodes(
+    window: Window, key: tuple[Any, ...], rows: Sequence[Match], anchor_from: int | None
+) -> list[Episode]:
+    """A rule without correlation: every match qualifies; matches at most the gap apart chain."""
+    out: list[Episode] = []
+    current: Episode | None = None
+    gap = window.gap_us
+    ties, previous = 0, None  # the metric: the most matches at one time
+    for row in rows:
+        t = row.ts
+        if anchor_from is not None and t < anchor_from:
+            continue
+        ties = ties + 1 if t == previous else 1
+        previous = t
+        if current is None or t - current.last_anchor > gap:
+            current = Episode(key, row.group, t, t)
+            out.append(current)
+        current.last_anchor = t
+        current.metric = max(current.metric, ties)
+        current.matches.append(row)
+    return out
 
 
 def _group_episodes(
@@ -252,8 +290,10 @@ def alert_document(
     event_count: int,
     matches: Sequence[Match],
     created_us: int,
+    triggered_us: int | None = None,
 ) -> dict[str, Any]:
-    """The ECS document of one alert (``matches``: its triggering events, for the addresses)."""
+    """The ECS document of one alert (``matches``: its triggering events, for the addresses;
+    ``triggered_us``: the event time the rule's condition was first met, default ``first_ts``)."""
     level = info.level or "medium"
     sources = Counter(m.source_ip for m in matches if m.source_ip)
     destinations = Counter(m.destination_ip for m in matches if m.destination_ip)
@@ -291,6 +331,7 @@ def alert_document(
                 "group": dict(zip(info.group_by, group, strict=False)),
                 "timespan_s": info.timespan_s,
                 "metric": metric,
+                "triggered": iso(first_ts if triggered_us is None else triggered_us),
                 "event_count": event_count,
                 "event_ids": list(event_ids[:MAX_EVENT_IDS]),
                 "event_ids_truncated": event_count > min(len(event_ids), MAX_EVENT_IDS),

@@ -8,10 +8,14 @@ turns those rows into episodes (:func:`detectors.alerts.episodes`: the correlati
 Python, linearly, with pySigma's semantics).
 
 **Incremental runs** (:class:`Detector`). Each rule has a checkpoint in the store (the highest
-``events.seq`` it has processed, table ``detection_checkpoints``). A run reads each rule's
-matches among the events after its checkpoint, and, for a correlation, the matches of the
-look-back before the earliest new one (its timespan) that fill the windows ending on them; for a
-single-event rule the look-back is the grouping gap. Episodes with a new event are merged into
+``events.seq`` it has processed, table ``detection_checkpoints``). A run goes through the events
+after the checkpoints in steps (:class:`Staging`): the step's new events are copied once into a
+temporary table with one column per field any rule reads (the JSON is parsed once per event, not
+once per event and rule); a rule with a new hit there also reads the older events of its
+look-back (for a correlation, its timespan: the windows ending on the new hits; for a
+single-event rule, the grouping gap), staged likewise. Correlations that need at least N hits
+only return hits with N neighbours within a timespan (:meth:`RulePlan.prefilter`), so floods of
+ordinary traffic do not all travel to Python. Episodes with a new event are merged into
 the stored alert of the same rule and group they continue (its last window overlaps the new
 episode's first) or stored as a new alert with a deterministic id (rule, group, first event).
 The alert, its events (table ``alert_events``: an event is listed once per alert) and the new
@@ -54,9 +58,9 @@ from detectors.sigma import (
     _conversion_order,
     _quote,
     compile_rules,
+    field_sql,
     load_pipeline,
     load_rule_file,
-    logs_select,
     memory_store,
     rule_files,
 )
@@ -73,6 +77,9 @@ EVENT_GROUP_BY = ("source.ip", "destination.ip")
 #: New events one rule reads at most per step of a run (memory stays bounded).
 STEP_EVENTS = 250_000
 _CORRELATIONS = {"event_count", "value_count", "temporal"}
+#: A step stages the old events of every plan's look-back when they are at most this many (or
+#: fewer than the new ones); beyond, only those of the plans with a new hit (found first).
+STAGE_OLD_ALL = 20_000
 
 
 @dataclass(frozen=True)
@@ -104,40 +111,85 @@ class RulePlan:
         """How far before the new events a run reads old matches."""
         return max(self.window.span_us, self.window.gap_us)
 
-    def statements(self, where: str) -> list[str]:
-        """One SQL statement per input over the ``events`` rows satisfying ``where``."""
+    def statement(self, logs: str) -> str:
+        """The SQL of the plan over ``logs`` (staged events: ``id``, ``ts``, ``_fresh`` and one
+        column per field): every input's hits, ``(_slot, id, ts, _fresh, <group-by>, [value],
+        <addresses>)``; for a correlation that can only qualify with enough hits, only the hits
+        with enough others near them (:meth:`prefilter`)."""
         columns = ", ".join(_quote(f) for f in self._columns())
-        return [
-            f"WITH logs AS ({logs_select(i.fields, 'events', where)})"  # noqa: S608 - checked
-            f" SELECT id, ts, {columns} FROM ({i.query})"
+        hits = " UNION ALL ".join(
+            f"SELECT {slot} AS _slot, id, ts, _fresh, {columns} FROM ({i.query})"  # noqa: S608
+            for slot, i in enumerate(self.inputs)
+        )
+        head = f"WITH logs AS ({logs}), hits AS ({hits})"
+        bound = self.prefilter()
+        if bound is None:
+            return f"{head} SELECT * FROM hits"  # noqa: S608 - pySigma's queries, our names
+        return (
+            f"{head} SELECT _slot, id, ts, _fresh, {columns}"  # noqa: S608 - checked names
+            f" FROM (SELECT *, {bound[0]} AS _near FROM hits) WHERE _near >= {bound[1]}"
+        )
+
+    def extent(self, logs: str) -> str:
+        """The SQL of the earliest and latest time among the plan's hits over ``logs``."""
+        hits = " UNION ALL ".join(
+            f"SELECT ts FROM ({i.query})"  # noqa: S608 - pySigma's queries
             for i in self.inputs
-        ]
+        )
+        return f"WITH logs AS ({logs}) SELECT min(ts), max(ts) FROM ({hits})"  # noqa: S608
+
+    def prefilter(self) -> tuple[str, int] | None:
+        """For a correlation whose condition needs at least N hits (``gte``/``gt`` on a count,
+        a number of distinct values or of referenced rules), the window expression counting
+        each hit's neighbours in its group within one timespan either side, and N.
+
+        Every window holding a hit lies within that range, so a hit with fewer neighbours is in
+        no qualifying window; dropping it changes no qualifying window (the counts of the
+        others only fall, and they did not qualify). Groups are compared in lower case, as
+        :func:`detectors.alerts.normalise` does, and events matching two inputs count twice: the
+        bound can only be loose, never too tight.
+        """
+        window = self.window
+        if window.kind == "event" or window.op not in ("gte", "gt"):
+            return None
+        need = window.count + (window.op == "gt")
+        if need <= 1:
+            return None
+        counted = (
+            _quote(self.value_field) if window.kind == "value_count" and self.value_field else "*"
+        )
+        partition = ", ".join(f"lower({_quote(g)})" for g in self.group_by)
+        over = f"PARTITION BY {partition} " if partition else ""
+        span = window.span_us
+        frame = f"RANGE BETWEEN {span} PRECEDING AND {span} FOLLOWING"
+        return f"count({counted}) OVER ({over}ORDER BY ts {frame})", need
 
     def _columns(self) -> tuple[str, ...]:
         value = (self.value_field,) if self.value_field else ()
         return (*self.group_by, *value, *ADDRESS_FIELDS)
 
-    def matches(self, rows_per_input: Sequence[Iterable[Sequence[Any]]], new: bool) -> list[Match]:
-        """:class:`Match` objects from the rows of :meth:`statements`."""
+    def matches(self, rows: Iterable[Sequence[Any]]) -> list[Match]:
+        """:class:`Match` objects from the rows of :meth:`statement`."""
         n = len(self.group_by)
-        has_value = self.value_field is not None
+        value_at = 4 + n if self.value_field is not None else None
+        rest = 4 + n + (value_at is not None)
         out: list[Match] = []
-        for slot, rows in enumerate(rows_per_input):
-            for row in rows:
-                rest = row[2 + n + has_value :]
-                out.append(
-                    Match(
-                        str(row[0]),
-                        int(row[1]),
-                        tuple(row[2 : 2 + n]),
-                        row[2 + n] if has_value else None,
-                        slot,
-                        new,
-                        rest[0] if isinstance(rest[0], str) else None,
-                        rest[1] if isinstance(rest[1], str) else None,
-                        int(rest[2]) if isinstance(rest[2], int) else None,
-                    )
+        append = out.append
+        for row in rows:
+            sip, dip, dport = row[rest], row[rest + 1], row[rest + 2]
+            append(
+                Match(
+                    str(row[1]),
+                    int(row[2]),
+                    tuple(row[4 : 4 + n]),
+                    row[value_at] if value_at is not None else None,
+                    row[0],
+                    bool(row[3]),
+                    sip if isinstance(sip, str) else None,
+                    dip if isinstance(dip, str) else None,
+                    dport if isinstance(dport, int) else None,
                 )
+            )
         return out
 
 
@@ -276,6 +328,8 @@ class RunSummary:
     created: dict[str, int] = field(default_factory=dict)
     updated: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    staging_seconds: float = 0.0  # copying the events' fields out of their JSON, once
+    rule_seconds: dict[str, float] = field(default_factory=dict)  # SQL, matches, alerts
 
     @property
     def alerts(self) -> int:
@@ -283,13 +337,124 @@ class RunSummary:
         return sum(self.created.values()) + sum(self.updated.values())
 
 
-def _fetch(
-    conn_rows: Callable[[str, Sequence[Any]], list[Any]],
-    plan: RulePlan,
-    where: str,
-    params: Sequence[Any],
-) -> list[list[Any]]:
-    return [conn_rows(sql, params) for sql in plan.statements(where)]
+Execute = Callable[[str, Sequence[Any]], list[Any]]
+
+NEW_TABLE = "detect_new"
+OLD_TABLE = "detect_old"
+_NEW_LOGS = f"SELECT * FROM temp.{NEW_TABLE}"  # noqa: S608 - a constant name
+_LOGS = (  # the new events and the old ones of a plan's look-back
+    f"{_NEW_LOGS} UNION ALL SELECT * FROM temp.{OLD_TABLE} WHERE ts >= ? AND ts <= ?"  # noqa: S608
+)
+
+
+class Staging:
+    """One step's events, each field the plans read extracted from the JSON once.
+
+    ``temp.detect_new`` holds the new events (``seq`` in the step), ``temp.detect_old`` the
+    already processed events the active plans look back on; both with ``id``, ``ts``, ``_fresh``
+    and one column per field, which the plans read as ``logs``. Every rule then reads columns,
+    never the JSON: one parse per event instead of one per event and rule.
+    """
+
+    def __init__(
+        self, execute: Execute, plans: Sequence[RulePlan], *, stage_old_all: int = STAGE_OLD_ALL
+    ) -> None:
+        self.execute = execute
+        self.stage_old_all = stage_old_all
+        self.fields = tuple(dict.fromkeys(f for p in plans for i in p.inputs for f in i.fields))
+        self.staging_seconds = 0.0  # copying events into the temporary tables
+        self.rule_seconds: dict[str, float] = {}  # per rule: its SQL and its matches
+
+    def stage(self, table: str, fresh: bool, where: str, params: Sequence[Any]) -> None:
+        """``temp.<table>``: the events satisfying ``where``, marked new or not."""
+        columns = ", ".join(
+            ["id", "ts", f"{int(fresh)} AS _fresh"]
+            + [f"{field_sql(f)} AS {_quote(f)}" for f in self.fields]
+        )
+        started = time.perf_counter()
+        self.execute(f"DROP TABLE IF EXISTS temp.{table}", ())
+        self.execute(
+            f"CREATE TEMP TABLE {table} AS SELECT {columns} FROM events WHERE {where}",  # noqa: S608
+            params,
+        )
+        self.staging_seconds += time.perf_counter() - started
+
+    def drop(self) -> None:
+        """Remove the step's tables."""
+        for table in (NEW_TABLE, OLD_TABLE):
+            self.execute(f"DROP TABLE IF EXISTS temp.{table}", ())
+
+    def step(
+        self, plans: Sequence[RulePlan], after: int, upto: int
+    ) -> list[tuple[RulePlan, list[Match], int]]:
+        """Each plan with a new hit in ``(after, upto]``: its matches (new ones, and the old ones
+        of its look-back) and the time of its earliest new match."""
+        self.stage(NEW_TABLE, True, "seq > ? AND seq <= ?", (after, upto))
+        [(new_low, new_high, new_n)] = self.execute(
+            f"SELECT min(ts), max(ts), count(*) FROM temp.{NEW_TABLE}",  # noqa: S608
+            (),
+        )
+        if not new_n:
+            return []
+        where = "ts >= ? AND ts <= ? AND seq <= ?"
+        if after == 0:  # nothing is old
+            self.stage(OLD_TABLE, False, "0", ())
+            return self._run([(plan, None, None) for plan in plans])
+        lookback = max(plan.lookback_us for plan in plans)
+        span = (new_low - lookback, new_high + lookback, after)
+        limit = max(self.stage_old_all, new_n)
+        [(old_n,)] = self.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM events WHERE {where} LIMIT ?)",  # noqa: S608
+            (*span, limit + 1),
+        )
+        if old_n <= limit:  # few old events (a bulk step): stage them all, run every plan
+            self.stage(OLD_TABLE, False, where, span)
+            return self._run([(plan, None, None) for plan in plans])
+        active: list[tuple[RulePlan, int | None, int | None]] = []
+        for plan in plans:  # which plans have a new hit, and when: their look-back
+            started = time.perf_counter()
+            [(low, high)] = self.execute(plan.extent(_NEW_LOGS), ())
+            self._spent(plan, started)
+            if low is not None:
+                active.append((plan, int(low), int(high)))
+        if not active:
+            return []
+        start = min(low - plan.lookback_us for plan, low, _ in active if low is not None)
+        end = max(high + plan.lookback_us for plan, _, high in active if high is not None)
+        self.stage(OLD_TABLE, False, where, (start, end, after))
+        return self._run(active)
+
+    def _run(
+        self, plans: Sequence[tuple[RulePlan, int | None, int | None]]
+    ) -> list[tuple[RulePlan, list[Match], int]]:
+        """Run each plan over the staged events; ``low``/``high``: its new hits' extent, or
+        None (every old event staged is read, and the matches are trimmed to the look-back of
+        the new ones)."""
+        found = []
+        for plan, low, high in plans:
+            started = time.perf_counter()
+            lookback = plan.lookback_us
+            bounds = (
+                (low - lookback, high + lookback)
+                if low is not None and high is not None
+                else (-(2**62), 2**62)
+            )
+            matches = plan.matches(self.execute(plan.statement(_LOGS), bounds))
+            if low is None:
+                fresh = [m.ts for m in matches if m.new]
+                if fresh:
+                    first, last = min(fresh) - lookback, max(fresh) + lookback
+                    matches = [m for m in matches if m.new or first <= m.ts <= last]
+                    low = min(fresh)
+            self._spent(plan, started)
+            if low is not None and any(m.new for m in matches):
+                found.append((plan, matches, low))
+        return found
+
+    def _spent(self, plan: RulePlan, started: float) -> None:
+        self.rule_seconds[plan.id] = (
+            self.rule_seconds.get(plan.id, 0.0) + time.perf_counter() - started
+        )
 
 
 class Detector:
@@ -302,6 +467,7 @@ class Detector:
         table: AttackTable | None = None,
         *,
         step_events: int = STEP_EVENTS,
+        stage_old_all: int = STAGE_OLD_ALL,
     ) -> None:
         if not isinstance(store, SQLiteStore):
             raise StoreError("detection runs on the sqlite store backend", location="store.backend")
@@ -309,53 +475,65 @@ class Detector:
         self.plans = list(plans)
         self.table = table or load_table()
         self.step_events = step_events
+        self.staging = Staging(store.detection_statement, self.plans, stage_old_all=stage_old_all)
         store.prepare_detection()
 
     def run_once(self) -> RunSummary:
-        """Every rule over the events stored after its checkpoint (up to the newest now)."""
+        """Every rule over the events stored after its checkpoint (up to the newest now).
+
+        Rules at the same checkpoint (all of them, but for a rule added since the last run)
+        share each step's staged events.
+        """
         started = time.perf_counter()
         summary = RunSummary()
         high = self.store.max_event_seq()
         checkpoints = self.store.detection_checkpoints()
-        lowest = high
+        cohorts: dict[int, list[RulePlan]] = {}
         for plan in self.plans:
-            done = checkpoints.get(plan.id, 0)
-            lowest = min(lowest, done)
-            while done < high:
-                upto = min(high, done + self.step_events)
-                created, updated = self._step(plan, done, upto)
-                if created:
-                    summary.created[plan.id] = summary.created.get(plan.id, 0) + created
-                if updated:
-                    summary.updated[plan.id] = summary.updated.get(plan.id, 0) + updated
-                done = upto
-        summary.events = max(0, high - lowest)
+            cohorts.setdefault(checkpoints.get(plan.id, 0), []).append(plan)
+        staging = self.staging
+        staging.staging_seconds, staging.rule_seconds = 0.0, {}
+        try:
+            for done, plans in sorted(cohorts.items()):
+                while done < high:
+                    upto = min(high, done + self.step_events)
+                    for rule, (created, updated) in self._step(plans, done, upto).items():
+                        if created:
+                            summary.created[rule] = summary.created.get(rule, 0) + created
+                        if updated:
+                            summary.updated[rule] = summary.updated.get(rule, 0) + updated
+                    done = upto
+        finally:
+            self.staging.drop()
+        summary.events = max(0, high - min(cohorts, default=high))
         summary.seconds = time.perf_counter() - started
+        summary.staging_seconds = staging.staging_seconds
+        summary.rule_seconds = dict(staging.rule_seconds)
         return summary
 
-    def _step(self, plan: RulePlan, after: int, upto: int) -> tuple[int, int]:
-        read = self.store.read_rows
-        new = plan.matches(_fetch(read, plan, "seq > ? AND seq <= ?", (after, upto)), new=True)
-        if not new:
-            self.store.commit_detection(plan.id, upto, [], [])
-            return 0, 0
-        low = min(m.ts for m in new)
-        high = max(m.ts for m in new)
-        old = plan.matches(
-            _fetch(
-                read,
-                plan,
-                "ts >= ? AND ts <= ? AND seq <= ?",
-                (low - plan.lookback_us, high + plan.lookback_us, after),
-            ),
-            new=False,
-        )
-        found = [e for e in episodes(plan.window, [*old, *new], anchor_from=low) if e.has_new]
+    def _step(self, plans: Sequence[RulePlan], after: int, upto: int) -> dict[str, tuple[int, int]]:
+        counts: dict[str, tuple[int, int]] = {}
+        found = {
+            plan.id: (matches, low) for plan, matches, low in self.staging.step(plans, after, upto)
+        }
+        for plan in plans:
+            if plan.id not in found:
+                self.store.commit_detection(plan.id, upto, [], [])
+                continue
+            matches, low = found[plan.id]
+            started = time.perf_counter()
+            counts[plan.id] = self._commit(plan, matches, low, upto)
+            self.staging._spent(plan, started)
+        return counts
+
+    def _commit(self, plan: RulePlan, matches: list[Match], low: int, upto: int) -> tuple[int, int]:
         now = int(time.time() * 1e6)
         rows: list[AlertRow] = []
         links: list[tuple[str, str]] = []
         created = updated = 0
-        for episode in found:
+        for episode in episodes(plan.window, matches, anchor_from=low):
+            if not episode.has_new:
+                continue
             row, ids, fresh = self._merge(plan, episode, now)
             rows.append(row)
             links += [(row.id, eid) for eid in ids]
@@ -398,6 +576,8 @@ class Detector:
         )
         doc["@timestamp"] = doc["event"]["start"] = iso(first)
         doc["event"]["created"] = before["event"]["created"]
+        if "triggered" in before["ics"]["alert"]:  # when the stored alert was first raised
+            doc["ics"]["alert"]["triggered"] = before["ics"]["alert"]["triggered"]
         doc["event"]["end"] = iso(last)
         related = sorted({*before.get("related", {}).get("ip", []), *doc["related"]["ip"]})
         doc["related"]["ip"] = related[:100]
@@ -426,6 +606,7 @@ def _document(
         event_count=total,
         matches=episode.matches,
         created_us=now,
+        triggered_us=episode.first_anchor,
     )
 
 
@@ -454,13 +635,17 @@ def detect_connection(
 ) -> list[dict[str, Any]]:
     """The alerts of ``plans`` over every event of ``conn`` (prepared by ``memory_store``)."""
 
-    def read(sql: str, params: Sequence[Any]) -> list[Any]:
+    def execute(sql: str, params: Sequence[Any]) -> list[Any]:
         return list(conn.execute(sql, tuple(params)))
 
     now = int(time.time() * 1e6)
     docs: list[dict[str, Any]] = []
-    for plan in plans:
-        matches = plan.matches(_fetch(read, plan, "1", ()), new=True)
+    staging = Staging(execute, plans)
+    try:
+        found = staging.step(plans, 0, int(conn.execute("SELECT max(seq) FROM events").get or 0))
+    finally:
+        staging.drop()
+    for plan, matches, _ in found:
         for episode in episodes(plan.window, matches):
             ids = [m.id for m in episode.matches]
             ident = alert_id(plan.id, episode.key, ids[0])

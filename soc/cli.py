@@ -280,6 +280,14 @@ def events_query(
 # -- collect ---------------------------------------------------------------------------------
 
 
+_RULES_OPTION = click.option(
+    "--rules",
+    "rules_path",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Rules folder (default: detect.rules_dir, else the rules shipped with the toolkit).",
+)
+
+
 @main.command("collect")
 @click.option(
     "--pcap",
@@ -307,6 +315,21 @@ def events_query(
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
 )
+@click.option(
+    "--detect",
+    "inline_detect",
+    is_flag=True,
+    help="Run the detection rules on the store while collecting (as `soc detect`), alerts printed"
+    " as they are raised.",
+)
+@click.option(
+    "--detect-interval",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="Seconds between detection runs with --detect.",
+)
+@_RULES_OPTION
 @click.option("--summary-json", is_flag=True, help="Print the closing summary as JSON.")
 @click.pass_context
 def collect(
@@ -318,22 +341,37 @@ def collect(
     ring_mb: int,
     jsonl: IO[bytes] | None,
     progress: bool | None,
+    inline_detect: bool,
+    detect_interval: float,
+    rules_path: Path | None,
     summary_json: bool,
 ) -> None:
     """Dissect Modbus/TCP traffic from captures or a live interface into ECS events.
 
     Events go to the configured store, or to --jsonl. The summary (packets, flows, PDUs per
     protocol, parse errors with their location, gaps) is printed to standard error at the end.
+    With --detect, the detection rules run on the store while collecting, and once more at the
+    end over the last events (the same checkpoints as `soc detect`).
     """
     from collectors.pipeline import Collector
     from collectors.run import JsonlSink, StoreSink, collect_files, collect_frames, total_bytes
 
     if bool(captures) == bool(iface):
         raise click.UsageError("give --pcap FILE (one or more) or --iface IF")
+    if inline_detect and jsonl is not None:
+        raise click.UsageError(
+            "--detect reads the store; for a capture to JSON lines use"
+            " `soc detect --pcap FILE --jsonl OUT`"
+        )
     settings = _settings(ctx)
     collector = Collector(settings.collect)
     live_summary: dict[str, int] | None = None
     sink: JsonlSink | StoreSink = JsonlSink(jsonl) if jsonl is not None else StoreSink(settings)
+    try:
+        inline = _inline_detection(ctx, rules_path, detect_interval) if inline_detect else None
+    except BaseException:
+        sink.close()
+        raise
     try:
         if captures:
             show = sys.stderr.isatty() if progress is None else progress
@@ -373,10 +411,24 @@ def collect(
                 "kernel_freezes": stats.kernel_freezes,
             }
     finally:
-        sink.close()
+        try:
+            sink.close()
+        finally:
+            if inline is not None:
+                inline.finish()  # the writer has stored everything: the last events' alerts
+                inline.close()
     summary = collector.stats.summary()
     if live_summary is not None:
         summary["live"] = live_summary
+    if inline is not None:
+        totals = inline.totals
+        summary["detection"] = {
+            "runs": totals.runs,
+            "failed_runs": totals.failures,
+            "alerts_created": sum(totals.created.values()),
+            "alerts_continued": sum(totals.updated.values()),
+            "created_per_rule": totals.created,
+        }
     summary["assets"] = len(sink.inventory)
     if isinstance(sink, StoreSink):
         summary["stored"] = {"written": sink.written, "duplicates": sink.duplicates}
@@ -384,6 +436,25 @@ def collect(
         click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode(), err=True)
     else:
         _print_summary(summary)
+
+
+def _inline_detection(ctx: click.Context, rules_path: Path | None, interval: float) -> Any:
+    """Inline detection for `soc collect --detect`, printing each run's new alerts."""
+    from detectors.inline import InlineDetection
+    from detectors.runner import RunSummary, load_plans
+
+    settings = _settings(ctx)
+    if settings.store.backend != "sqlite":
+        raise StoreError("detection runs on the sqlite backend", location="store.backend")
+    plans = load_plans(_rules_dir(ctx, rules_path), settings.detect.site)
+    titles = {plan.id: plan.rule.title for plan in plans}
+    levels = {plan.id: plan.info.level or "-" for plan in plans}
+
+    def show(summary: RunSummary) -> None:
+        for rule_id, n in sorted(summary.created.items(), key=lambda kv: titles[kv[0]]):
+            click.echo(f"alert: {n:,} new [{levels[rule_id]}] {titles[rule_id]}", err=True)
+
+    return InlineDetection(settings, plans, interval=interval, on_run=show).__enter__()
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -407,6 +478,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
             f"dropped by the kernel {live['kernel_dropped']:,} (ring full {live['kernel_freezes']:,} times)"
         )
     lines += [f"  {e['location']}: {e['message']}" for e in summary["errors"][:20]]
+    if "detection" in summary:
+        found = summary["detection"]
+        lines.append(
+            f"detection: {found['runs']:,} runs, {found['alerts_created']:,} alerts raised,"
+            f" {found['alerts_continued']:,} continued"
+            + (f", {found['failed_runs']:,} runs failed" if found["failed_runs"] else "")
+            + " (`soc alerts` lists them)"
+        )
     if "stored" in summary:
         lines.append(
             f"stored {summary['stored']['written']:,} events "
@@ -647,22 +726,16 @@ def rules() -> None:
 
 
 def _attach_rules_commands() -> None:
+    from detectors.evaluate_cli import evaluate as rules_evaluate
     from detectors.export_cli import export as rules_export
     from detectors.report_cli import report as rules_report
 
     rules.add_command(rules_report)
     rules.add_command(rules_export)
+    rules.add_command(rules_evaluate)
 
 
 _attach_rules_commands()
-
-
-_RULES_OPTION = click.option(
-    "--rules",
-    "rules_path",
-    type=click.Path(path_type=Path, file_okay=False, exists=True),
-    help="Rules folder (default: detect.rules_dir, else the rules shipped with the toolkit).",
-)
 
 
 def _rules_dir(ctx: click.Context, given: Path | None) -> Path:

@@ -320,6 +320,12 @@ class SQLiteStore:
         with self._errors("running a detection query"):
             return list(self._conn.execute(sql, tuple(params)))
 
+    def detection_statement(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run one of detection's statements: reading events, or creating and dropping its
+        temporary tables (``temp.*``: this connection's own, never in the store file)."""
+        with self._errors("running a detection query"):
+            return list(self._conn.execute(sql, tuple(params)))
+
     def max_event_seq(self) -> int:
         """The arrival number (``events.seq``) of the newest event, 0 when there is none."""
         with self._errors("reading the newest event"):

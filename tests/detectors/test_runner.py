@@ -13,7 +13,15 @@ import pytest
 from click.testing import CliRunner
 
 from detectors.alerts import Match, Window, episodes
-from detectors.runner import Detector, RulePlan, collect_captures, detect_events, load_plans
+from detectors.runner import (
+    STAGE_OLD_ALL,
+    Detector,
+    RulePlan,
+    Staging,
+    collect_captures,
+    detect_events,
+    load_plans,
+)
 from detectors.sigma import execute, memory_store, run_on_events
 from soc.cli import main
 from soc.store.base import AlertQuery
@@ -134,10 +142,16 @@ def _links(store: SQLiteStore) -> dict[str, list[str]]:
     return out
 
 
+#: Both ways a step reads the old events: all staged at once (few), or only those of the rules
+#: with a new hit (many: a small step on a busy store).
+STAGINGS = pytest.mark.parametrize("stage_old_all", [STAGE_OLD_ALL, 0], ids=["all-old", "active"])
+
+
+@STAGINGS
 def test_alerts_exactly_once_across_runs_with_a_window_spanning_them(
-    store: SQLiteStore, plans: list[RulePlan]
+    store: SQLiteStore, plans: list[RulePlan], stage_old_all: int
 ) -> None:
-    detector = Detector(store, plans)
+    detector = Detector(store, plans, stage_old_all=stage_old_all)
     store.write_events([_event(1, T0, 5), _event(2, T0 + SECOND, 5), _event(3, T0 + SECOND, 8)])
     first = detector.run_once()
     assert first.created == {SINGLE: 1}
@@ -232,11 +246,14 @@ def _chunks(events: list[Event], n: int) -> Iterator[list[Event]]:
         yield events[start : start + size]
 
 
-def test_incremental_runs_equal_one_run_on_the_reference_capture(tmp_path: Path) -> None:
+@STAGINGS
+def test_incremental_runs_equal_one_run_on_the_reference_capture(
+    tmp_path: Path, stage_old_all: int
+) -> None:
     events, plans = _reference(), _bundled()
     whole = {d["event"]["id"]: d for d in detect_events(events, plans)}
     with SQLiteStore(tmp_path / "soc.db") as db:
-        detector = Detector(db, plans)
+        detector = Detector(db, plans, stage_old_all=stage_old_all)
         for chunk in _chunks(events, 5):
             db.write_events(chunk)
             detector.run_once()
@@ -254,18 +271,17 @@ def test_python_correlation_equals_pysigma_sql_on_the_reference_capture() -> Non
     events = _reference()
     conn = memory_store(events)
     try:
-        for plan in _bundled():
+        plans = _bundled()
+
+        def run_sql(statement: str, params: Any) -> list[Any]:
+            return list(conn.execute(statement, tuple(params)))
+
+        found = {p.id: m for p, m, _ in Staging(run_sql, plans).step(plans, 0, len(events))}
+        for plan in plans:
             if not plan.rule.is_correlation or plan.rule.title.startswith("Modbus request flood"):
                 continue
             sql = {e for hit in execute(conn, plan.rule, materialize=True) for e in hit.event_ids}
-
-            def read(statement: str, params: Any) -> list[Any]:
-                return list(conn.execute(statement, tuple(params)))
-
-            rows = [read(s, ()) for s in plan.statements("1")]
-            ours = {
-                m.id for e in episodes(plan.window, plan.matches(rows, True)) for m in e.matches
-            }
+            ours = {m.id for e in episodes(plan.window, found.get(plan.id, [])) for m in e.matches}
             assert ours == sql, plan.rule.title
     finally:
         conn.close()
@@ -351,3 +367,45 @@ def test_detect_and_alerts_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     table = runner.invoke(main, ["alerts", "--since", "2026-11-25T20:45:40"])
     assert "Force Listen Only" in table.output
     assert "address scan" not in table.output
+
+
+def test_collect_with_inline_detection_raises_the_alerts_soc_detect_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`soc collect --detect` on a capture: the same alerts as detecting over it afterwards,
+    printed as they are raised, and the checkpoints left where `soc detect` finds nothing new."""
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(
+        main,
+        [
+            "collect",
+            "--pcap",
+            str(CAPTURE),
+            "--detect",
+            "--detect-interval",
+            "0.1",
+            "--summary-json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = orjson.loads(result.output[result.output.index("{") :])
+    expected = detect_events(_reference(), _bundled())
+    assert summary["detection"]["failed_runs"] == 0
+    assert summary["detection"]["runs"] >= 1
+    listed = runner.invoke(main, ["alerts", "--json", "--limit", "1000"])
+    docs = [orjson.loads(line) for line in listed.output.splitlines()]
+    assert sorted(d["rule"]["id"] for d in docs) == sorted(d["rule"]["id"] for d in expected)
+    assert "alert: " in result.output
+    assert "Modbus request flood" in result.output
+    again = runner.invoke(main, ["detect", "--json"])
+    assert orjson.loads(again.output)["created"] == {}
+
+
+def test_collect_detect_refuses_jsonl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        main, ["collect", "--pcap", str(CAPTURE), "--detect", "--jsonl", str(tmp_path / "e")]
+    )
+    assert result.exit_code == 2
+    assert "soc detect --pcap" in result.output
