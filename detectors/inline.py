@@ -29,6 +29,7 @@ class InlineTotals:
 
     runs: int = 0
     failures: int = 0
+    seconds: float = 0.0  # spent in the runs
     created: dict[str, int] = field(default_factory=dict)
     updated: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
@@ -36,6 +37,7 @@ class InlineTotals:
     def add(self, summary: RunSummary) -> None:
         """Count one run's alerts."""
         self.runs += 1
+        self.seconds += summary.seconds
         for rule, n in summary.created.items():
             self.created[rule] = self.created.get(rule, 0) + n
         for rule, n in summary.updated.items():
@@ -90,6 +92,11 @@ class InlineDetection:
         if self.on_run is not None:
             self.on_run(summary)
         return summary
+
+    @property
+    def seconds(self) -> float:
+        """Time spent detecting, over all runs."""
+        return self.totals.seconds
 
     def finish(self) -> None:
         """Stop the periodic runs and run once more over what is left (call after the writer

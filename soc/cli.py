@@ -696,7 +696,7 @@ def demo(ctx: click.Context, duration: float, scenarios: tuple[str, ...]) -> Non
         echo(f"  {attack['scenario']:29} {','.join(attack['techniques']):12} {seen}")
     total = sum(n for _, _, n in report.alerts_by_rule)
     echo(
-        f"Detection (soc detect, {report.detection_s:.1f} s): {total:,} alerts from "
+        f"Detection (inline, as soc collect --detect; {report.detection_s:.1f} s): {total:,} alerts from "
         f"{len(report.alerts_by_rule)} rules"
     )
     for _rule, title, count in report.alerts_by_rule[:12]:

@@ -4,8 +4,9 @@
 2. Its loopback traffic is collected live into the SQLite store as it happens (the capture
    thread hands each batch of frames to the collector); without capture permission, the lab
    still runs and the committed reference capture (``lab/reference/``) is collected instead.
-3. The Sigma rules run over the stored events (``soc detect``), and the demo prints what to look
-   at: events per dataset, the hosts found (the attacker among them), the alerts per rule, for
+3. The Sigma rules run inline while the events are stored (``soc collect --detect``: every
+   second, and once more at the end), each new alert said as it is raised; then the demo prints
+   what to look at: events per dataset, the hosts found (the attacker among them), the alerts per rule, for
    each attack the events it left and the ATT&CK techniques alerted against its label, and
    ready-to-paste commands.
 
@@ -68,6 +69,11 @@ def run_demo(
     collector = Collector(collect)
     collector.source = "live:lo"
     sink = StoreSink(settings)
+    try:
+        inline = _inline(settings, say)
+    except BaseException:
+        sink.close()
+        raise
     lock = threading.Lock()
 
     def consume(batch: list[Frame]) -> None:
@@ -104,11 +110,32 @@ def run_demo(
             collector.finish()
             sink.write(collector.take())
     finally:
-        sink.close()
+        try:
+            sink.close()
+        finally:
+            inline.finish()  # the writer stored everything: the last events' alerts
+            inline.close()
     summary = collector.stats.summary()
     summary["stored"] = {"written": sink.written, "duplicates": sink.duplicates}
     labels = lab.labels if lab is not None and lab.capture is not None else _reference_labels()
-    return _report(settings, source, lab, summary, labels, site)
+    report = _report(settings, source, lab, summary, labels, site)
+    report.detection_s = inline.seconds
+    return report
+
+
+def _inline(settings: Settings, say: Callable[[str], None]) -> Any:
+    """Detection inline with the collection (``soc collect --detect``), saying each new alert."""
+    from detectors.inline import InlineDetection
+    from detectors.runner import RunSummary, load_plans
+
+    plans = load_plans(None, settings.detect.site)
+    titles = {plan.id: plan.rule.title for plan in plans}
+
+    def show(summary: RunSummary) -> None:
+        for rule_id, n in sorted(summary.created.items(), key=lambda kv: titles[kv[0]]):
+            say(f"  alert: {n} new  {titles[rule_id]}")
+
+    return InlineDetection(settings, plans, interval=1.0, on_run=show).__enter__()
 
 
 def _reference_labels() -> list[Any]:
@@ -122,19 +149,11 @@ def _reference_labels() -> list[Any]:
     return [Label(**row) for row in orjson.loads(path.read_bytes())["scenarios"]]
 
 
-def _detect(settings: Settings) -> tuple[float, dict[str, tuple[str, list[str]]]]:
-    """Run the Sigma rules over the new events in the store; (seconds, rule id -> (title,
-    techniques))."""
-    from detectors.runner import Detector, load_plans
+def _rules(settings: Settings) -> dict[str, tuple[str, list[str]]]:
+    """Rule id -> (title, techniques)."""
     from detectors.sigma import compile_rules
 
-    rules = {r.id: (r.title, list(r.techniques)) for r in compile_rules(None, settings.detect.site)}
-    store = open_store(settings)
-    try:
-        summary = Detector(store, load_plans(None, settings.detect.site)).run_once()  # type: ignore[arg-type]
-    finally:
-        store.close()
-    return summary.seconds, rules
+    return {r.id: (r.title, list(r.techniques)) for r in compile_rules(None, settings.detect.site)}
 
 
 def _report(
@@ -145,7 +164,7 @@ def _report(
     labels: list[Any],
     site: LabSite,
 ) -> DemoReport:
-    detection_s, rules = _detect(settings)
+    rules = _rules(settings)
     store = open_store(settings)
     try:
         alerts = store.query_alerts(AlertQuery(limit=100_000))
@@ -189,4 +208,4 @@ def _report(
         ((rid, rules.get(rid, (rid, []))[0], n) for rid, n in per_rule.items()),
         key=lambda item: -item[2],
     )
-    return DemoReport(source, lab, summary, datasets, assets, attacks, by_rule, detection_s)
+    return DemoReport(source, lab, summary, datasets, assets, attacks, by_rule)

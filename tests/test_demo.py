@@ -42,8 +42,9 @@ def test_the_demo_runs_the_lab_collects_and_shows_the_attacker(tmp_path: Path) -
     assert site.plc in hosts
     assert site.hmi in hosts
     assert "modbus_request_flood" in out
-    alerts = int(out.split("Detection (soc detect")[1].split(": ")[1].split()[0].replace(",", ""))
+    alerts = int(out.split("Detection (inline")[1].split("): ")[1].split()[0].replace(",", ""))
     assert alerts >= 5  # the Modbus attacks raise alerts
+    assert "  alert: " in result.stderr  # said as they were raised, while the lab ran
     assert "Modbus request flood" in out
     assert "Traceback" not in result.stderr
     if os.geteuid() == 0:  # a live capture: the pcap and the labels are there
