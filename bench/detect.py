@@ -334,6 +334,7 @@ def main() -> None:
             plant_written, plant_copies, _, _ = pool.submit(
                 build_store, plant_db, n, PLANT_ATTACK_EVERY
             ).result()
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:  # its memory
             plant_summary, _, _, plant_peak, plant_stored = pool.submit(run_ours, plant_db).result()
         plant_rate = plant_summary.events / plant_summary.seconds
 
