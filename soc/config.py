@@ -11,6 +11,7 @@ directory.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -130,6 +131,120 @@ class DetectSettings:
             )
 
 
+#: The lab's sites (``lab.base.LabSite``): the networks of each, for incidents and for the
+#: engineers assigned to a site. A real deployment sets its own in ``[incidents.sites]``.
+LAB_SITES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "water_plant": ("127.0.10.0/24",),  # the PLC, the OPC UA server, the HMI
+        "smart_grid": ("127.0.20.0/24",),  # the meters and their head-end
+        "city_sensors": ("127.0.30.0/24",),  # the broker and the sensor stations
+    }
+)
+#: The lab's assets by criticality (``[incidents.criticality]``: level -> networks/addresses);
+#: an asset in none of them is "medium".
+LAB_CRITICALITY: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "critical": ("127.0.10.1",),  # the PLC that runs the process
+        "high": ("127.0.10.2", "127.0.10.100", "127.0.20.100"),  # OPC UA, HMI, head-end
+        "low": ("127.0.30.0/24",),  # the city sensors
+    }
+)
+LEVELS = ("low", "medium", "high", "critical")
+Level = Literal["low", "medium", "high", "critical"]
+
+
+@dataclass(frozen=True)
+class IncidentSettings:
+    """How alerts become incidents: the time window, the sites and the assets' criticality."""
+
+    window_s: int = 1800  # an alert joins an open incident whose last alert is this close
+    sites: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict(LAB_SITES), hash=False
+    )
+    criticality: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict(LAB_CRITICALITY), hash=False
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.window_s > 0, "incidents.window_s", "positive")
+        for level in self.criticality:
+            _require(
+                level in LEVELS, f"incidents.criticality.{level}", "one of " + ", ".join(LEVELS)
+            )
+        for key, table in (("sites", self.sites), ("criticality", self.criticality)):
+            for name, networks in table.items():
+                for network in networks:
+                    try:
+                        ipaddress.ip_network(network, strict=False)
+                    except ValueError:
+                        _require(
+                            False,
+                            f"incidents.{key}.{name}",
+                            f"addresses or networks, not {network!r}",
+                        )
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Notifications of new and escalated incidents: a JSON webhook and syslog in CEF."""
+
+    webhook_url: str | None = None
+    webhook_secret: str | None = None  # signs each body: X-SOC-Signature: sha256=<HMAC hex>
+    webhook_min_level: Level = "high"
+    syslog_address: str | None = None  # host:port of a syslog receiver
+    syslog_transport: Literal["udp", "tcp"] = "udp"
+    syslog_min_level: Level = "medium"
+    timeout_s: float = 5.0
+    retries: int = 5  # attempts after the first, with exponential back-off
+    backoff_s: float = 1.0  # the first retry's delay; doubled each time
+    queue_size: int = (
+        10_000  # notifications waiting at most; beyond, the oldest are dropped (counted)
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.timeout_s > 0, "notify.timeout_s", "positive")
+        _require(self.retries >= 0, "notify.retries", "at least 0")
+        _require(self.backoff_s >= 0, "notify.backoff_s", "at least 0")
+        _require(self.queue_size >= 1, "notify.queue_size", "at least 1")
+        if self.webhook_url is not None:
+            _require(
+                self.webhook_url.startswith(("http://", "https://")),
+                "notify.webhook_url",
+                "an http:// or https:// URL",
+            )
+        if self.syslog_address is not None:
+            host, _, port = self.syslog_address.rpartition(":")
+            _require(
+                bool(host) and port.isdigit() and 0 < int(port) < 65536,
+                "notify.syslog_address",
+                "host:port",
+            )
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """``soc serve``: where it listens, its tokens, and its limits per request and per client."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    secret_file: Path | None = None  # the JWT signing key; default <data_dir>/api-secret, made once
+    access_token_minutes: int = 15
+    refresh_token_hours: int = 8
+    max_body_kb: int = 64  # larger request bodies: 413
+    rate_per_s: float = 50.0  # requests per second per client (user, key or address), sustained
+    rate_burst: int = 200  # requests a client may send at once before 429
+    page_max: int = 500  # the largest page a list route returns
+
+    def __post_init__(self) -> None:
+        _require(0 < self.port < 65536, "api.port", "a TCP port")
+        _require(self.access_token_minutes >= 1, "api.access_token_minutes", "at least 1")
+        _require(self.refresh_token_hours >= 1, "api.refresh_token_hours", "at least 1")
+        _require(self.max_body_kb >= 1, "api.max_body_kb", "at least 1")
+        _require(self.rate_per_s > 0, "api.rate_per_s", "positive")
+        _require(self.rate_burst >= 1, "api.rate_burst", "at least 1")
+        _require(self.page_max >= 1, "api.page_max", "at least 1")
+
+
 @dataclass(frozen=True)
 class Settings:
     """The whole configuration; ``sources`` says where each key's value came from."""
@@ -141,6 +256,9 @@ class Settings:
     collect: CollectSettings = field(default_factory=CollectSettings)
     elasticsearch: ElasticsearchSettings = field(default_factory=ElasticsearchSettings)
     detect: DetectSettings = field(default_factory=DetectSettings)
+    incidents: IncidentSettings = field(default_factory=IncidentSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -148,13 +266,24 @@ class Settings:
         """The SQLite database file: ``sqlite.path``, else ``<data_dir>/soc.db``."""
         return self.sqlite.path if self.sqlite.path is not None else self.data_dir / "soc.db"
 
+    @property
+    def api_secret_path(self) -> Path:
+        """The API's JWT signing key: ``api.secret_file``, else ``<data_dir>/api-secret``."""
+        return (
+            self.api.secret_file
+            if self.api.secret_file is not None
+            else self.data_dir / "api-secret"
+        )
+
 
 def _require(ok: bool, key: str, what: str) -> None:
     if not ok:
         raise ConfigError(f"must be {what}", location=key)
 
 
-_SECRET_KEYS = frozenset({"elasticsearch.api_key", "elasticsearch.password"})
+_SECRET_KEYS = frozenset(
+    {"elasticsearch.api_key", "elasticsearch.password", "notify.webhook_secret"}
+)
 
 
 def env_name(key: str) -> str:
