@@ -44,3 +44,7 @@ class AuthError(SocError):
 
 class CaptureError(SocError):
     """A capture cannot be read (not a pcap, truncated, no permission); the location is the file."""
+
+
+class IncidentError(SocError):
+    """A change an incident cannot take; the location names the field at fault."""

@@ -177,4 +177,42 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    # Incidents (soc.incidents): ``last_ts`` is the time of an incident's latest alert, which the
+    # correlation window is measured from; ``incident_notes`` its timeline (alerts joining, status
+    # and owner changes, comments). Access: users' ``token_version`` is bumped to revoke their
+    # refresh tokens (disable, password change); API keys are stored as a SHA-256 of the secret
+    # under a public prefix; the audit trail is searchable by the object it concerns.
+    Migration(
+        "0005_incidents_access",
+        (
+            "ALTER TABLE incidents ADD COLUMN first_ts INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE incidents ADD COLUMN last_ts INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE incidents ADD COLUMN level TEXT NOT NULL DEFAULT 'medium'",
+            "CREATE INDEX incidents_site_last ON incidents (site, last_ts)",
+            "CREATE INDEX incidents_last ON incidents (last_ts)",
+            """CREATE TABLE incident_notes (
+                seq INTEGER PRIMARY KEY,
+                incident_id TEXT NOT NULL,
+                ts INTEGER NOT NULL,
+                actor TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                detail TEXT NOT NULL DEFAULT '{}'
+            )""",
+            "CREATE INDEX incident_notes_incident ON incident_notes (incident_id, seq)",
+            "ALTER TABLE users ADD COLUMN token_version INTEGER NOT NULL DEFAULT 0",
+            """CREATE TABLE api_keys (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                secret_hash TEXT NOT NULL,
+                roles TEXT NOT NULL DEFAULT '[]',
+                sites TEXT NOT NULL DEFAULT '[]',
+                created_ts INTEGER NOT NULL,
+                created_by TEXT NOT NULL,
+                revoked_ts INTEGER,
+                last_used_ts INTEGER
+            )""",
+            "CREATE INDEX audit_object ON audit (object_type, object_id, ts)",
+            "CREATE INDEX audit_actor ON audit (actor, ts)",
+        ),
+    ),
 )

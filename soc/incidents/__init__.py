@@ -1,0 +1,1 @@
+"""Incidents: alerts correlated (correlate), their workflow and audit (service), notifications (notify)."""
