@@ -255,3 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def tactic_order(table: AttackTable | None = None) -> dict[str, int]:
+    """ATT&CK for ICS tactic ids in the matrix's order (incidents rank a chain with it)."""
+    return {t.id: i for i, t in enumerate((table or load_table()).tactics)}

@@ -1,7 +1,8 @@
 """Detection inline with collection (``soc collect --detect``).
 
 A thread beside the collector runs :meth:`detectors.runner.Detector.run_once` on the store every
-``interval`` seconds, on its own connection, while the store writer process stores the events;
+``interval`` seconds, then correlates the new alerts into incidents
+(:class:`soc.incidents.service.Correlator`, which also sends the notifications), on its own connection, while the store writer process stores the events;
 when collection ends (the writer flushed everything), one last run covers the remaining events.
 Alerts are the same as ``soc detect``'s (same checkpoints: running ``soc detect`` afterwards finds
 nothing new). A failing run (the store busy or full) is reported and retried at the next
@@ -15,10 +16,13 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from detectors.attack import tactic_order
 from detectors.runner import Detector, RulePlan, RunSummary
 from soc.config import Settings
 from soc.errors import SocError
+from soc.incidents.service import Correlator
 from soc.store.sqlite import SQLiteStore
+from soc.store.sqlite_incidents import IncidentTables
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,8 @@ class InlineTotals:
     seconds: float = 0.0  # spent in the runs
     created: dict[str, int] = field(default_factory=dict)
     updated: dict[str, int] = field(default_factory=dict)
+    incidents_created: int = 0
+    incidents_updated: int = 0
     last_error: str | None = None
 
     def add(self, summary: RunSummary) -> None:
@@ -66,6 +72,9 @@ class InlineDetection:
         self._stop = threading.Event()
         self._store = SQLiteStore.from_settings(settings)
         self._detector = Detector(self._store, self.plans)
+        self._correlator = Correlator(
+            IncidentTables(self._store), settings, tactic_order(self._detector.table)
+        )
         self._thread = threading.Thread(target=self._loop, name="inline-detection", daemon=True)
 
     def __enter__(self) -> InlineDetection:
@@ -83,12 +92,15 @@ class InlineDetection:
         """One run over the events stored since the last; None when it failed (reported)."""
         try:
             summary = self._detector.run_once()
+            incidents = self._correlator.run()
         except SocError as exc:
             self.totals.failures += 1
             self.totals.last_error = str(exc)
             log.warning("inline detection failed, retrying in %.1f s: %s", self.interval, exc)
             return None
         self.totals.add(summary)
+        self.totals.incidents_created += incidents.created
+        self.totals.incidents_updated += incidents.updated
         if self.on_run is not None:
             self.on_run(summary)
         return summary
@@ -112,4 +124,5 @@ class InlineDetection:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        self._correlator.close()
         self._store.close()

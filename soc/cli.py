@@ -428,6 +428,8 @@ def collect(
             "alerts_created": sum(totals.created.values()),
             "alerts_continued": sum(totals.updated.values()),
             "created_per_rule": totals.created,
+            "incidents_created": totals.incidents_created,
+            "incidents_continued": totals.incidents_updated,
         }
     summary["assets"] = len(sink.inventory)
     if isinstance(sink, StoreSink):
@@ -482,9 +484,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
         found = summary["detection"]
         lines.append(
             f"detection: {found['runs']:,} runs, {found['alerts_created']:,} alerts raised,"
-            f" {found['alerts_continued']:,} continued"
+            f" {found['alerts_continued']:,} continued; {found['incidents_created']:,} incidents"
+            f" opened, {found['incidents_continued']:,} continued"
             + (f", {found['failed_runs']:,} runs failed" if found["failed_runs"] else "")
-            + " (`soc alerts` lists them)"
+            + " (`soc alerts`, `soc incidents list`)"
         )
     if "stored" in summary:
         lines.append(
@@ -619,6 +622,17 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 from lab.cli import lab as _lab_group  # noqa: E402 - the lab's commands live with the lab
 
 main.add_command(_lab_group)
+
+
+def _attach_incident_and_api_commands() -> None:
+    from api.cli import keys, serve, users
+    from soc.incidents.cli import audit, incidents
+
+    for command in (incidents, audit, serve, users, keys):
+        main.add_command(command)
+
+
+_attach_incident_and_api_commands()
 
 
 @main.command("demo")
@@ -908,8 +922,11 @@ def detect(
     alerts table (see `soc alerts`). With --pcap FILE --jsonl OUT, the capture is collected in
     memory and its alerts written as JSON lines; the store is not touched.
     """
+    from detectors.attack import tactic_order
     from detectors.runner import Detector, collect_captures, detect_events, load_plans
+    from soc.incidents.service import Correlator
     from soc.store.sqlite import SQLiteStore
+    from soc.store.sqlite_incidents import IncidentTables
 
     settings = _settings(ctx)
     if captures and follow:
@@ -936,6 +953,7 @@ def detect(
         if not isinstance(opened, SQLiteStore):
             raise StoreError("detection runs on the sqlite backend", location="store.backend")
         detector = Detector(opened, plans)
+        correlator = Correlator(IncidentTables(opened), settings, tactic_order(detector.table))
         stop = threading.Event()
         previous = (
             {
@@ -948,12 +966,18 @@ def detect(
         try:
             while True:
                 summary = detector.run_once()
+                incidents = correlator.run()
                 if as_json:
                     doc = {
                         "events": summary.events,
                         "seconds": round(summary.seconds, 3),
                         "created": summary.created,
                         "updated": summary.updated,
+                        "incidents": {
+                            "created": incidents.created,
+                            "updated": incidents.updated,
+                            "escalated": incidents.escalated,
+                        },
                     }
                     click.echo(orjson.dumps(doc).decode())
                 elif summary.alerts or not follow:
@@ -969,9 +993,16 @@ def detect(
                             f"  {summary.created.get(rule_id, 0):5,} new"
                             f" {summary.updated.get(rule_id, 0):5,} continued  {titles[rule_id]}"
                         )
+                    if incidents.alerts:
+                        click.echo(
+                            f"incidents: {incidents.created:,} new, {incidents.updated:,}"
+                            f" continued, {incidents.escalated:,} escalated"
+                            " (`soc incidents list`)"
+                        )
                 if not follow or stop.wait(interval):
                     break
         finally:
+            correlator.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 

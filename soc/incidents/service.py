@@ -161,3 +161,34 @@ def change_incident(
     action = "comment" if set(changed) == {"comment"} else "update"
     tables.save_change(doc, notes, actor, now, (action, changed))
     return doc
+
+
+class Correlator:
+    """Correlation after each detection run, on a store's connection, notifying new and
+    escalated incidents (when ``[notify]`` names a webhook or a syslog receiver)."""
+
+    def __init__(
+        self, tables: IncidentTables, settings: Settings, tactic_order: Mapping[str, int]
+    ) -> None:
+        from soc.incidents.notify import Notifier
+
+        self.tables = tables
+        self.settings = settings
+        self.tactic_order = tactic_order
+        notify = settings.notify
+        wanted = notify.webhook_url is not None or notify.syslog_address is not None
+        self.notifier = Notifier(notify) if wanted else None
+
+    def run(self) -> CorrelationSummary:
+        """Correlate the alerts not yet in an incident."""
+        return correlate_store(
+            self.tables,
+            self.settings,
+            self.tactic_order,
+            notify=self.notifier.notify if self.notifier is not None else None,
+        )
+
+    def close(self) -> None:
+        """Deliver what notifications are queued (a few seconds at most) and stop."""
+        if self.notifier is not None:
+            self.notifier.close()

@@ -213,6 +213,58 @@ class IncidentTables:
         following = encode_cursor(rows[-1][1], rows[-1][0]) if more and rows else None
         return [orjson.loads(r[2]) for r in rows], following
 
+    def list_alerts(
+        self,
+        *,
+        rule_id: str | None = None,
+        since_us: int | None = None,
+        until_us: int | None = None,
+        sites: tuple[str, ...] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of alerts, newest first; ``sites``: only those in an incident of these."""
+        where: list[str] = []
+        params: list[Any] = []
+        if rule_id is not None:
+            where.append("a.rule_id = ?")
+            params.append(rule_id)
+        if since_us is not None:
+            where.append("a.ts >= ?")
+            params.append(since_us)
+        if until_us is not None:
+            where.append("a.ts < ?")
+            params.append(until_us)
+        if sites is not None:
+            if not sites:
+                return [], None
+            where.append(
+                f"a.incident_id IN (SELECT id FROM incidents WHERE site IN"  # noqa: S608
+                f" ({', '.join('?' * len(sites))}))"
+            )
+            params += sites
+        if cursor:
+            ts, seq = decode_cursor(cursor, 2)
+            where.append("(a.ts < ? OR (a.ts = ? AND a.seq < ?))")
+            params += [ts, ts, seq]
+        sql = "SELECT a.seq, a.ts, a.doc, a.incident_id FROM alerts a"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY a.ts DESC, a.seq DESC LIMIT ?"
+        params.append(limit + 1)
+        with self.store._errors("listing alerts"):
+            rows = self._rows(sql, params)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        following = encode_cursor(rows[-1][1], rows[-1][0]) if more and rows else None
+        docs = []
+        for row in rows:
+            doc = orjson.loads(row[2])
+            if row[3] is not None:
+                doc.setdefault("ics", {})["incident_id"] = row[3]
+            docs.append(doc)
+        return docs, following
+
     def timeline(self, incident_id: str, limit: int = 1000) -> list[dict[str, Any]]:
         """An incident's notes, oldest first."""
         sql = (

@@ -1,0 +1,1 @@
+"""One router per resource: auth, incidents, alerts, assets, rules, audit, health."""
