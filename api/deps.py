@@ -40,24 +40,26 @@ class AppState:
     opened: list[SQLiteStore] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     cache: dict[str, Any] = field(default_factory=dict)
+    generation: int = 0  # bumped by close(): a thread's older connection is closed
 
     def tables(self) -> Tables:
-        """This thread's tables (opened on first use)."""
+        """This thread's tables (opened on first use, and again after :meth:`close`)."""
         tables: Tables | None = getattr(self.local, "tables", None)
-        if tables is None:
+        if tables is None or getattr(self.local, "generation", -1) != self.generation:
             store = SQLiteStore.from_settings(self.settings)
             tables = Tables(store, IncidentTables(store), AccessTables(store))
-            self.local.tables = tables
             with self.lock:
                 self.opened.append(store)
+                self.local.tables, self.local.generation = tables, self.generation
         return tables
 
     def close(self) -> None:
-        """Close every thread's connection (at shutdown)."""
+        """Close every thread's connection (at shutdown; a later request opens anew)."""
         with self.lock:
             for store in self.opened:
                 store.close()
             self.opened.clear()
+            self.generation += 1
 
 
 def state(request: Request) -> AppState:

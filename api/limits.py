@@ -4,9 +4,9 @@
   grows beyond it while streaming, is answered 413 without reading further.
 - **Rate**: a token bucket per client (``api.rate_per_s`` sustained, ``api.rate_burst`` at once);
   the client is its credentials when it sends some (a hash of the Authorization or X-API-Key
-  header: a user keeps one bucket across its addresses), else its address; and every address
-  has a bucket four times larger too, so that sending new made-up credentials with each request
-  does not escape the limit. Beyond, 429 with ``Retry-After`` (seconds). Buckets idle for a
+  header: a user keeps one bucket across its addresses), else its address; a request with
+  credentials also counts against a bucket of its address four times larger, so that sending
+  new made-up credentials with each request does not escape the limit. Beyond, 429 with ``Retry-After`` (seconds). Buckets idle for a
   minute are forgotten.
 """
 
@@ -81,9 +81,12 @@ class RateLimit:
             await self.app(scope, receive, send)
             return
         address, credential = client_keys(scope)
-        wait = self.take(address, ADDRESS_FACTOR)
-        if wait <= 0 and credential is not None:
-            wait = self.take(credential)
+        if credential is None:  # an anonymous client is its address
+            wait = self.take(address)
+        else:  # an address may carry many users: a larger bucket, and one per credential
+            wait = self.take(address, ADDRESS_FACTOR)
+            if wait <= 0:
+                wait = self.take(credential)
         if wait > 0:
             response = problem_response(
                 429,

@@ -111,6 +111,9 @@ def install(app: FastAPI) -> None:
             return problem_response(status, exc.message, errors=errors, instance=request.url.path)
         if isinstance(exc, AuthError):
             return problem_response(401, exc.message, instance=request.url.path)
+        if isinstance(exc, StoreError) and (exc.location or "").startswith("query"):
+            errors = [{"field": str(exc.location), "message": exc.message}]
+            return problem_response(422, exc.message, errors=errors, instance=request.url.path)
         if isinstance(exc, StoreError):
             log.warning("store error on %s: %s", request.url.path, exc)
             return problem_response(
