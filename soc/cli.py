@@ -651,9 +651,23 @@ _attach_incident_and_api_commands()
     show_default=True,
     help="Attack scenarios to run (repeatable; see `soc lab list`).",
 )
+@click.option(
+    "--serve/--no-serve",
+    default=True,
+    show_default=True,
+    help="Serve the API at the end (with demo accounts) until Ctrl-C.",
+)
+@click.option("--port", type=click.IntRange(1, 65535), help="The API's port (default: api.port).")
 @click.pass_context
-def demo(ctx: click.Context, duration: float, scenarios: tuple[str, ...]) -> None:
-    """The main job on the embedded store: lab, attacks, live collection, what to look at."""
+def demo(
+    ctx: click.Context,
+    duration: float,
+    scenarios: tuple[str, ...],
+    serve: bool,
+    port: int | None,
+) -> None:
+    """The main job on the embedded store: lab, attacks, live collection, detection, incidents,
+    and the API serving them; what to look at."""
     from soc.demo import run_demo
 
     settings = _settings(ctx)
@@ -715,7 +729,12 @@ def demo(ctx: click.Context, duration: float, scenarios: tuple[str, ...]) -> Non
     )
     for _rule, title, count in report.alerts_by_rule[:12]:
         echo(f"  {count:>5,}  {title}")
-    echo("Incidents and the API arrive with their issue; the alerts are in the store.")
+    echo(f"Incidents (alerts correlated by site, attacker and asset): {len(report.incidents)}")
+    for doc in report.incidents:
+        echo(
+            f"  {doc['id'][:8]}  {doc['level']:8} {doc['site']:13} {doc['alert_count']:4} alerts"
+            f"  {doc['title']}"
+        )
     echo("Look at:")
     from lab.base import LabSite
 
@@ -724,11 +743,39 @@ def demo(ctx: click.Context, duration: float, scenarios: tuple[str, ...]) -> Non
     echo(f"  soc events query --where source.ip={attacker} --limit 5")
     echo("  soc events query --count-by event.action --dataset ics.modbus")
     echo("  soc alerts --limit 5")
+    echo("  soc incidents list; soc audit")
     echo("  soc rules report --format html --out rules-report.html")
     if lab is not None:
         echo(f"  labels and process values: {lab.out / 'labels.json'}, {lab.out / 'values.json'}")
         if lab.capture is not None:
             echo(f"  the capture: {lab.capture} (open it in Wireshark)")
+    if serve:
+        _serve_demo(settings, port or settings.api.port)
+
+
+def _serve_demo(settings: Settings, port: int) -> None:
+    """Serve the API over the demo's store with fresh demo accounts, until Ctrl-C."""
+    import uvicorn
+
+    from api.app import build_app
+    from soc.demo import demo_accounts
+
+    accounts = demo_accounts(settings)
+    app = build_app(settings)
+    base = f"http://{settings.api.host}:{port}"
+    echo = click.echo
+    echo(f"API: {base}/docs (OpenAPI: {base}/openapi.json); Ctrl-C stops it.")
+    echo("  demo accounts (new passwords each run):")
+    for name, (password, what) in accounts.items():
+        echo(f"    {name:9} {password}  {what}")
+    user, (password, _) = next(iter(accounts.items()))
+    echo(
+        f"  TOKEN=$(curl -s -d grant_type=password -d username={user} -d password={password}"
+        f" {base}/auth/token | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')"
+    )
+    echo(f'  curl -s -H "Authorization: Bearer $TOKEN" {base}/incidents')
+    echo(f"serving on {base}", err=True)
+    uvicorn.run(app, host=settings.api.host, port=port, log_level="warning", access_log=False)
 
 
 # -- rules -----------------------------------------------------------------------------------

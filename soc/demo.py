@@ -32,6 +32,8 @@ from lab.base import LabSite
 from lab.run import LabResult, resolve_scenarios, run_lab
 from soc.config import Settings
 from soc.store.base import AlertQuery, AssetQuery, EventQuery, open_store
+from soc.store.sqlite import SQLiteStore
+from soc.store.sqlite_incidents import IncidentQuery, IncidentTables
 
 REFERENCE = Path(__file__).resolve().parents[1] / "lab" / "reference"
 
@@ -48,6 +50,7 @@ class DemoReport:
     attacks: list[dict[str, Any]] = field(default_factory=list)
     alerts_by_rule: list[tuple[str, str, int]] = field(default_factory=list)  # rule, title, n
     detection_s: float = 0.0
+    incidents: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_demo(
@@ -202,10 +205,45 @@ def _report(
                     "alerted": techniques,
                 }
             )
+        incidents: list[dict[str, Any]] = []
+        if isinstance(store, SQLiteStore):
+            incidents, _ = IncidentTables(store).list_incidents(IncidentQuery(limit=20))
     finally:
         store.close()
     by_rule = sorted(
         ((rid, rules.get(rid, (rid, []))[0], n) for rid, n in per_rule.items()),
         key=lambda item: -item[2],
     )
-    return DemoReport(source, lab, summary, datasets, assets, attacks, by_rule)
+    return DemoReport(source, lab, summary, datasets, assets, attacks, by_rule, incidents=incidents)
+
+
+#: The demo's accounts: name -> (roles, sites, what it shows).
+DEMO_ACCOUNTS = {
+    "analyst": (["analyst"], [], "every incident, alert and asset"),
+    "engineer": (["engineer"], ["water_plant"], "the water plant's incidents only"),
+    "auditor": (["auditor"], [], "rules, reports and the audit trail"),
+}
+
+
+def demo_accounts(settings: Settings) -> dict[str, tuple[str, str]]:
+    """Create (or reset) the demo accounts with new random passwords: name -> (password, what
+    it shows)."""
+    import secrets
+
+    from soc.access import hash_password
+    from soc.store.sqlite import SQLiteStore
+    from soc.store.sqlite_access import AccessTables
+
+    out = {}
+    now = time.time_ns() // 1000
+    with SQLiteStore.from_settings(settings) as store:
+        access = AccessTables(store)
+        for name, (roles, sites, what) in DEMO_ACCOUNTS.items():
+            password = secrets.token_urlsafe(12)
+            hashed = hash_password(password)
+            if not access.add_user(name, hashed, roles, sites, now):
+                access.set_password(name, hashed)
+                access.set_grants(name, roles, sites)
+                access.set_disabled(name, False)
+            out[name] = (password, what)
+    return out
