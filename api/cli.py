@@ -13,8 +13,9 @@ from contextlib import contextmanager
 import click
 
 from soc.access import check_roles, check_username, hash_password, new_api_key
+from soc.clictx import settings as _settings
 from soc.config import Settings
-from soc.incidents.cli import _settings, cli_actor
+from soc.incidents.cli import cli_actor
 from soc.store.sqlite import SQLiteStore
 from soc.store.sqlite_access import AccessTables
 from soc.store.sqlite_incidents import IncidentTables

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import orjson
 
-from detectors.report_cli import _settings
+from soc.clictx import settings as _settings
 from soc.errors import SocError
 
 REFERENCE = Path(__file__).resolve().parents[1] / "lab" / "reference"

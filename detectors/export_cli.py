@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from detectors.report_cli import _settings
+from soc.clictx import settings as _settings
 
 
 @click.command("export")

@@ -10,30 +10,8 @@ from pathlib import Path
 
 import click
 
-from soc.config import Settings, load_settings
-from soc.event import parse_timestamp
-
-
-def _settings(ctx: click.Context) -> Settings:
-    """The settings ``soc`` loaded (``--config``), or the configuration read here."""
-    obj = ctx.find_root().obj
-    if isinstance(obj, dict):
-        if "settings" not in obj:
-            obj["settings"] = load_settings(obj.get("config"))
-        settings: Settings = obj["settings"]
-        return settings
-    return load_settings()
-
-
-def _time(value: str | None, option: str) -> int | None:
-    if value is None:
-        return None
-    for text in (value, value + "+00:00", value + "T00:00:00+00:00"):  # no zone given: UTC
-        try:
-            return parse_timestamp(text)
-        except ValueError:
-            continue
-    raise click.BadParameter(f"not an ISO 8601 time: {value!r}", param_hint=option)
+from soc.clictx import parse_time as _time
+from soc.clictx import settings as _settings
 
 
 @click.command("report")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Security
 
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/alerts", tags=["alerts"])
 
 
 @router.get("", response_model=DocPage, summary="List alerts")
-def list_alerts(
+async def list_alerts(
     request: Request,
     principal: Annotated[Principal, Security(authorize, scopes=["alerts:read"])],
     rule: Annotated[str | None, Query(max_length=64, description="a rule id")] = None,
@@ -23,7 +23,7 @@ def list_alerts(
     until: Annotated[datetime | None, Query(description="first event before")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Cursor = None,
-) -> DocPage:
+) -> dict[str, Any]:
     """Alerts (ECS documents; ``ics.incident_id`` once correlated), newest first. Engineers see
     the alerts of their sites' incidents."""
     docs, following = (
@@ -38,4 +38,4 @@ def list_alerts(
             cursor=cursor,
         )
     )
-    return DocPage(items=docs, next_cursor=following)
+    return {"items": docs, "next_cursor": following}

@@ -34,7 +34,7 @@ def _with_sites(request: Request, principal: Principal, docs: list[dict[str, Any
 
 
 @router.get("", response_model=AssetList, summary="List assets")
-def list_assets(
+async def list_assets(
     request: Request,
     principal: Annotated[Principal, Security(authorize, scopes=["assets:read"])],
     network: Annotated[
@@ -60,7 +60,7 @@ def list_assets(
 
 
 @router.get("/{ip}", summary="Read an asset")
-def get_asset(
+async def get_asset(
     request: Request,
     ip: Annotated[str, Path(max_length=64)],
     principal: Annotated[Principal, Security(authorize, scopes=["assets:read"])],

@@ -36,7 +36,7 @@ class AuditPage(BaseModel):
 
 
 @router.get("", response_model=AuditPage, summary="The audit trail")
-def list_audit(
+async def list_audit(
     request: Request,
     principal: Annotated[Principal, Security(authorize, scopes=["audit:read"])],
     actor: Annotated[str | None, Query(max_length=64)] = None,
@@ -46,7 +46,7 @@ def list_audit(
     since: Annotated[datetime | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Cursor = None,
-) -> AuditPage:
+) -> dict[str, Any]:
     """The audit trail, filtered, newest first."""
     rows, following = (
         state(request)
@@ -63,4 +63,4 @@ def list_audit(
             )
         )
     )
-    return AuditPage(items=[AuditEntry.model_validate(r) for r in rows], next_cursor=following)
+    return {"items": rows, "next_cursor": following}

@@ -24,7 +24,7 @@ class Health(BaseModel):
 
 
 @router.get("/health", response_model=Health, summary="Health")
-def health(request: Request) -> JSONResponse:
+async def health(request: Request) -> JSONResponse:
     """200 when the store answers, 503 when it does not."""
     try:
         state(request).tables().store.max_event_seq()

@@ -140,7 +140,7 @@ def _visible(request: Request, principal: Principal, incident_id: str) -> dict[s
 
 
 @router.get("", response_model=IncidentPage, summary="List incidents")
-def list_incidents(
+async def list_incidents(
     request: Request,
     principal: Annotated[Principal, Security(authorize, scopes=["incidents:read"])],
     status: Annotated[list[Status] | None, Query(max_length=5)] = None,
@@ -152,7 +152,7 @@ def list_incidents(
     until: Annotated[datetime | None, Query(description="latest alert before")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Cursor = None,
-) -> IncidentPage:
+) -> dict[str, Any]:
     """Incidents, latest activity first, filtered; engineers see their sites only."""
     if asset is not None:
         try:
@@ -187,34 +187,34 @@ def list_incidents(
     tables.incidents.audit(
         now_us(), principal.name, "list", "incident", None, {"filters": filters, "n": len(docs)}
     )
-    return IncidentPage(items=[Incident.model_validate(d) for d in docs], next_cursor=following)
+    return {"items": docs, "next_cursor": following}
 
 
 @router.get("/{incident_id}", response_model=Incident, summary="Read an incident")
-def get_incident(
+async def get_incident(
     request: Request,
     incident_id: IncidentId,
     principal: Annotated[Principal, Security(authorize, scopes=["incidents:read"])],
-) -> Incident:
+) -> dict[str, Any]:
     """One incident."""
     doc = _visible(request, principal, incident_id)
     state(request).tables().incidents.audit(
         now_us(), principal.name, "read", "incident", incident_id
     )
-    return Incident.model_validate(doc)
+    return doc
 
 
 @router.patch("/{incident_id}", response_model=Incident, summary="Change an incident")
-def update_incident(
+async def update_incident(
     request: Request,
     incident_id: IncidentId,
     change: IncidentChange,
     principal: Annotated[Principal, Security(authorize, scopes=["incidents:write"])],
-) -> Incident:
+) -> dict[str, Any]:
     """Change the status (along the workflow), the owner, and/or add a comment. A status the
     workflow does not allow from the current one is a 409."""
     _visible(request, principal, incident_id)
-    doc = change_incident(
+    return change_incident(
         state(request).tables().incidents,
         incident_id,
         principal.name,
@@ -223,7 +223,6 @@ def update_incident(
         unassign=change.unassign,
         comment=change.comment,
     )
-    return Incident.model_validate(doc)
 
 
 @router.post(
@@ -232,18 +231,17 @@ def update_incident(
     status_code=201,
     summary="Comment on an incident",
 )
-def comment_incident(
+async def comment_incident(
     request: Request,
     incident_id: IncidentId,
     comment: CommentIn,
     principal: Annotated[Principal, Security(authorize, scopes=["incidents:write"])],
-) -> Incident:
+) -> dict[str, Any]:
     """Add a comment to the incident's timeline."""
     _visible(request, principal, incident_id)
-    doc = change_incident(
+    return change_incident(
         state(request).tables().incidents, incident_id, principal.name, comment=comment.text
     )
-    return Incident.model_validate(doc)
 
 
 @router.get(
@@ -251,45 +249,45 @@ def comment_incident(
     response_model=list[TimelineEntry],
     summary="An incident's timeline",
 )
-def timeline(
+async def timeline(
     request: Request,
     incident_id: IncidentId,
     principal: Annotated[Principal, Security(authorize, scopes=["incidents:read"])],
-) -> list[TimelineEntry]:
+) -> list[dict[str, Any]]:
     """Alerts joining, status and owner changes, comments: who, when, what."""
     _visible(request, principal, incident_id)
     tables = state(request).tables()
     tables.incidents.audit(now_us(), principal.name, "read_timeline", "incident", incident_id)
-    return [TimelineEntry.model_validate(n) for n in tables.incidents.timeline(incident_id)]
+    return tables.incidents.timeline(incident_id)
 
 
 @router.get("/{incident_id}/alerts", response_model=DocPage, summary="An incident's alerts")
-def incident_alerts(
+async def incident_alerts(
     request: Request,
     incident_id: IncidentId,
     principal: Annotated[Principal, Security(authorize, scopes=["incidents:read", "alerts:read"])],
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Cursor = None,
-) -> DocPage:
+) -> dict[str, Any]:
     """The alerts correlated into the incident, in time order (ECS documents)."""
     _visible(request, principal, incident_id)
     tables = state(request).tables()
     docs, following = tables.incidents.incident_alerts(incident_id, limit, cursor)
     tables.incidents.audit(now_us(), principal.name, "read_alerts", "incident", incident_id)
-    return DocPage(items=docs, next_cursor=following)
+    return {"items": docs, "next_cursor": following}
 
 
 @router.get("/{incident_id}/events", response_model=DocPage, summary="An incident's events")
-def incident_events(
+async def incident_events(
     request: Request,
     incident_id: IncidentId,
     principal: Annotated[Principal, Security(authorize, scopes=["incidents:read", "events:read"])],
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Cursor = None,
-) -> DocPage:
+) -> dict[str, Any]:
     """The events of the incident's alerts, in time order (ECS documents), each once."""
     _visible(request, principal, incident_id)
     tables = state(request).tables()
     docs, following = tables.incidents.incident_events(incident_id, limit, cursor)
     tables.incidents.audit(now_us(), principal.name, "read_events", "incident", incident_id)
-    return DocPage(items=docs, next_cursor=following)
+    return {"items": docs, "next_cursor": following}

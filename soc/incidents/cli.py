@@ -15,23 +15,14 @@ from typing import Any
 import click
 import orjson
 
-from soc.config import Settings, load_settings
+from soc.clictx import parse_time as _time
+from soc.clictx import settings as _settings
 from soc.errors import IncidentError, StoreError
 from soc.incidents.correlate import STATUSES
 from soc.store.sqlite import SQLiteStore
 from soc.store.sqlite_incidents import AuditQuery, IncidentQuery, IncidentTables
 
 LEVELS = ("low", "medium", "high", "critical")
-
-
-def _settings(ctx: click.Context) -> Settings:
-    obj = ctx.find_root().obj
-    if isinstance(obj, dict):
-        if "settings" not in obj:
-            obj["settings"] = load_settings(obj.get("config"))
-        settings: Settings = obj["settings"]
-        return settings
-    return load_settings()
 
 
 @contextmanager
@@ -41,19 +32,6 @@ def _tables(ctx: click.Context) -> Iterator[IncidentTables]:
         raise StoreError("incidents live in the sqlite backend", location="store.backend")
     with SQLiteStore.from_settings(settings) as store:
         yield IncidentTables(store)
-
-
-def _time(value: str | None, option: str) -> int | None:
-    if value is None:
-        return None
-    from soc.event import parse_timestamp
-
-    for text in (value, value + "+00:00"):
-        try:
-            return parse_timestamp(text)
-        except ValueError:
-            continue
-    raise click.BadParameter(f"not an ISO 8601 time: {value!r}", param_hint=option)
 
 
 def tactic_order() -> dict[str, int]:

@@ -215,4 +215,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX audit_actor ON audit (actor, ts)",
         ),
     ),
+    # Listing incidents by status, newest first, reads this index in order instead of sorting
+    # every incident of the status (found by bench/api.py: 75 ms -> 0.2 ms at 100,000).
+    Migration(
+        "0006_incidents_status_last",
+        (
+            "DROP INDEX incidents_status",
+            "CREATE INDEX incidents_status_last ON incidents (status, last_ts)",
+            "CREATE INDEX incidents_level_last ON incidents (level, last_ts)",
+        ),
+    ),
 )

@@ -315,9 +315,12 @@ class SQLiteStore:
 
         prepare_connection(self._conn)
 
-    def read_rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        """The rows of a read-only statement: the SQL detection compiles the rules to."""
-        with self._errors("running a detection query"):
+    def read_rows(
+        self, sql: str, params: Sequence[Any] = (), doing: str = "running a query"
+    ) -> list[Any]:
+        """The rows of a read-only statement (the SQL detection compiles the rules to, the
+        incident and access tables' reads); a failure says what was being ``doing``."""
+        with self._errors(doing):
             return list(self._conn.execute(sql, tuple(params)))
 
     def detection_statement(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:

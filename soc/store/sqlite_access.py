@@ -47,6 +47,8 @@ class KeyRecord:
 
 _USER = "username, roles, sites, disabled, created_ts, token_version, password_hash"
 _KEY = "id, name, roles, sites, created_ts, created_by, revoked_ts, last_used_ts, secret_hash"
+_SELECT_USER = f"SELECT {_USER} FROM users"  # noqa: S608 - constant column names
+_SELECT_KEY = f"SELECT {_KEY} FROM api_keys"  # noqa: S608 - constant column names
 
 
 class AccessTables:
@@ -55,10 +57,6 @@ class AccessTables:
     def __init__(self, store: SQLiteStore) -> None:
         self.store = store
         self._conn = store._conn  # the store package's own connection
-
-    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        rows: list[Any] = self._conn.execute(sql, params).fetchall()
-        return rows
 
     # -- users --------------------------------------------------------------------------------
 
@@ -82,14 +80,14 @@ class AccessTables:
 
     def get_user(self, username: str) -> UserRecord | None:
         """One user, or None."""
-        with self.store._errors("reading a user"):
-            rows = self._rows(f"SELECT {_USER} FROM users WHERE username = ?", (username,))  # noqa: S608
+        rows = self.store.read_rows(
+            _SELECT_USER + " WHERE username = ?", (username,), "reading a user"
+        )
         return _user(rows[0]) if rows else None
 
     def list_users(self) -> list[UserRecord]:
         """Every user, by name."""
-        with self.store._errors("listing users"):
-            rows = self._rows(f"SELECT {_USER} FROM users ORDER BY username")  # noqa: S608
+        rows = self.store.read_rows(_SELECT_USER + " ORDER BY username", (), "listing users")
         return [_user(r) for r in rows]
 
     def set_disabled(self, username: str, disabled: bool) -> bool:
@@ -143,14 +141,14 @@ class AccessTables:
 
     def get_key(self, key_id: str) -> KeyRecord | None:
         """One key, or None."""
-        with self.store._errors("reading an API key"):
-            rows = self._rows(f"SELECT {_KEY} FROM api_keys WHERE id = ?", (key_id,))  # noqa: S608
+        rows = self.store.read_rows(_SELECT_KEY + " WHERE id = ?", (key_id,), "reading an API key")
         return _key(rows[0]) if rows else None
 
     def list_keys(self) -> list[KeyRecord]:
         """Every key, newest first."""
-        with self.store._errors("listing API keys"):
-            rows = self._rows(f"SELECT {_KEY} FROM api_keys ORDER BY created_ts DESC")  # noqa: S608
+        rows = self.store.read_rows(
+            _SELECT_KEY + " ORDER BY created_ts DESC", (), "listing API keys"
+        )
         return [_key(r) for r in rows]
 
     def revoke_key(self, key_id: str, now_us: int) -> bool:

@@ -67,10 +67,6 @@ class IncidentTables:
         self.store = store
         self._conn = store._conn  # the store package's own connection
 
-    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        rows: list[Any] = self._conn.execute(sql, params).fetchall()
-        return rows
-
     # -- correlation --------------------------------------------------------------------------
 
     def uncorrelated_alerts(self, limit: int) -> list[AlertView]:
@@ -79,8 +75,7 @@ class IncidentTables:
             "SELECT id, ts, coalesce(end_ts, ts), rule_id, doc FROM alerts"
             " WHERE incident_id IS NULL ORDER BY ts, seq LIMIT ?"
         )
-        with self.store._errors("reading alerts to correlate"):
-            rows = self._rows(sql, (limit,))
+        rows = self.store.read_rows(sql, (limit,), "reading alerts to correlate")
         return [AlertView(r[0], r[1], r[2], r[3], orjson.loads(r[4])) for r in rows]
 
     def open_incidents(self, since_us: int) -> list[Incident]:
@@ -89,8 +84,7 @@ class IncidentTables:
             "SELECT doc FROM incidents WHERE status IN ('new', 'acknowledged', 'investigating')"
             " AND last_ts >= ?"
         )
-        with self.store._errors("reading open incidents"):
-            rows = self._rows(sql, (since_us,))
+        rows = self.store.read_rows(sql, (since_us,), "reading open incidents")
         return [Incident.from_doc(orjson.loads(r[0])) for r in rows]
 
     def save_correlation(self, outcome: Outcome, now_us: int) -> None:
@@ -147,19 +141,15 @@ class IncidentTables:
             where.append("last_ts < ?")
             params.append(query.until_us)
         if query.cursor:
-            last, rowid = decode_cursor(query.cursor, 2)
-            where.append("(last_ts < ? OR (last_ts = ? AND rowid < ?))")
-            params += [last, last, rowid]
+            where.append("(last_ts, rowid) < (?, ?)")  # a row value: the index seeks to it
+            params += decode_cursor(query.cursor, 2)
         sql = "SELECT rowid, last_ts, doc FROM incidents"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY last_ts DESC, rowid DESC LIMIT ?"
         params.append(query.limit + 1)
-        with self.store._errors("listing incidents"):
-            rows = self._rows(sql, params)
-        more = len(rows) > query.limit
-        rows = rows[: query.limit]
-        cursor = encode_cursor(rows[-1][1], rows[-1][0]) if more and rows else None
+        rows = self.store.read_rows(sql, params, "listing incidents")
+        rows, cursor = _page(rows, query.limit, 1, 0)
         return [orjson.loads(r[2]) for r in rows], cursor
 
     def get_incident(self, incident_id: str) -> dict[str, Any] | None:
@@ -178,16 +168,12 @@ class IncidentTables:
         params: list[Any] = [incident_id]
         sql = "SELECT seq, ts, doc FROM alerts WHERE incident_id = ?"
         if cursor:
-            ts, seq = decode_cursor(cursor, 2)
-            sql += " AND (ts > ? OR (ts = ? AND seq > ?))"
-            params += [ts, ts, seq]
+            sql += " AND (ts, seq) > (?, ?)"
+            params += decode_cursor(cursor, 2)
         sql += " ORDER BY ts, seq LIMIT ?"
         params.append(limit + 1)
-        with self.store._errors("reading an incident's alerts"):
-            rows = self._rows(sql, params)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        following = encode_cursor(rows[-1][1], rows[-1][0]) if more and rows else None
+        rows = self.store.read_rows(sql, params, "reading an incident's alerts")
+        rows, following = _page(rows, limit, 1, 0)
         return [orjson.loads(r[2]) for r in rows], following
 
     def incident_events(
@@ -201,16 +187,12 @@ class IncidentTables:
             " WHERE a.incident_id = ?"
         )
         if cursor:
-            ts, seq = decode_cursor(cursor, 2)
-            sql += " AND (e.ts > ? OR (e.ts = ? AND e.seq > ?))"
-            params += [ts, ts, seq]
+            sql += " AND (e.ts, e.seq) > (?, ?)"
+            params += decode_cursor(cursor, 2)
         sql += " ORDER BY e.ts, e.seq LIMIT ?"
         params.append(limit + 1)
-        with self.store._errors("reading an incident's events"):
-            rows = self._rows(sql, params)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        following = encode_cursor(rows[-1][1], rows[-1][0]) if more and rows else None
+        rows = self.store.read_rows(sql, params, "reading an incident's events")
+        rows, following = _page(rows, limit, 1, 0)
         return [orjson.loads(r[2]) for r in rows], following
 
     def list_alerts(
@@ -244,19 +226,15 @@ class IncidentTables:
             )
             params += sites
         if cursor:
-            ts, seq = decode_cursor(cursor, 2)
-            where.append("(a.ts < ? OR (a.ts = ? AND a.seq < ?))")
-            params += [ts, ts, seq]
+            where.append("(a.ts, a.seq) < (?, ?)")
+            params += decode_cursor(cursor, 2)
         sql = "SELECT a.seq, a.ts, a.doc, a.incident_id FROM alerts a"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY a.ts DESC, a.seq DESC LIMIT ?"
         params.append(limit + 1)
-        with self.store._errors("listing alerts"):
-            rows = self._rows(sql, params)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        following = encode_cursor(rows[-1][1], rows[-1][0]) if more and rows else None
+        rows = self.store.read_rows(sql, params, "listing alerts")
+        rows, following = _page(rows, limit, 1, 0)
         docs = []
         for row in rows:
             doc = orjson.loads(row[2])
@@ -271,8 +249,7 @@ class IncidentTables:
             "SELECT seq, ts, actor, kind, detail FROM incident_notes WHERE incident_id = ?"
             " ORDER BY seq LIMIT ?"
         )
-        with self.store._errors("reading an incident's timeline"):
-            rows = self._rows(sql, (incident_id, limit))
+        rows = self.store.read_rows(sql, (incident_id, limit), "reading an incident's timeline")
         return [
             {"seq": r[0], "ts": r[1], "actor": r[2], "kind": r[3], "detail": orjson.loads(r[4])}
             for r in rows
@@ -358,11 +335,8 @@ class IncidentTables:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"
         params.append(query.limit + 1)
-        with self.store._errors("reading the audit trail"):
-            rows = self._rows(sql, params)
-        more = len(rows) > query.limit
-        rows = rows[: query.limit]
-        cursor = encode_cursor(rows[-1][0]) if more and rows else None
+        rows = self.store.read_rows(sql, params, "reading the audit trail")
+        rows, cursor = _page(rows, query.limit, 0)
         return [
             {
                 "seq": r[0],
@@ -375,6 +349,15 @@ class IncidentTables:
             }
             for r in rows
         ], cursor
+
+
+def _page(rows: list[Any], limit: int, *key: int) -> tuple[list[Any], str | None]:
+    """The first ``limit`` of ``limit + 1`` rows read, and the cursor of the next page (from the
+    last row's columns ``key``) when there is one."""
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, encode_cursor(*(int(rows[-1][k]) for k in key))
 
 
 def _incident_values(doc: Mapping[str, Any]) -> tuple[Any, ...]:
