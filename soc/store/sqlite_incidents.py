@@ -111,15 +111,31 @@ class IncidentTables:
 
     def list_incidents(self, query: IncidentQuery) -> tuple[list[dict[str, Any]], str | None]:
         """One page of incidents (latest alert first) and the next page's cursor."""
+        rows, cursor = self.list_incident_rows(query)
+        return [orjson.loads(text) for text in rows], cursor
+
+    def list_incident_rows(self, query: IncidentQuery) -> tuple[list[str], str | None]:
+        """:meth:`list_incidents` with each document as its stored JSON text (the API sends it
+        as it is).
+
+        Several statuses (or levels) are read as one ordered query per value, merged: each reads
+        its index ``(status, last_ts)`` (or ``(level, last_ts)``) in order and stops after a
+        page, where ``status IN (...)`` would sort every matching incident.
+        """
         where: list[str] = []
         params: list[Any] = []
-        if query.statuses:
-            where.append(f"status IN ({', '.join('?' * len(query.statuses))})")
-            params += query.statuses
-        if query.min_level is not None:
-            allowed = LEVELS[LEVELS.index(query.min_level) :]
-            where.append(f"level IN ({', '.join('?' * len(allowed))})")
-            params += allowed
+        levels = LEVELS[LEVELS.index(query.min_level) :] if query.min_level is not None else ()
+        split: tuple[str, tuple[str, ...]] | None = None
+        if len(query.statuses) > 1:
+            split = ("status", query.statuses)
+        elif query.statuses:
+            where.append("status = ?")
+            params.append(query.statuses[0])
+        if levels and split is None and len(levels) > 1:
+            split = ("level", tuple(levels))
+        elif levels:
+            where.append(f"level IN ({', '.join('?' * len(levels))})")
+            params += levels
         if query.sites is not None:
             if not query.sites:
                 return [], None
@@ -143,14 +159,27 @@ class IncidentTables:
         if query.cursor:
             where.append("(last_ts, rowid) < (?, ?)")  # a row value: the index seeks to it
             params += decode_cursor(query.cursor, 2)
-        sql = "SELECT rowid, last_ts, doc FROM incidents"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY last_ts DESC, rowid DESC LIMIT ?"
-        params.append(query.limit + 1)
-        rows = self.store.read_rows(sql, params, "listing incidents")
+        order = " ORDER BY last_ts DESC, rowid DESC LIMIT ?"
+        page = query.limit + 1
+        if split is None:
+            sql = "SELECT rowid, last_ts, doc FROM incidents"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            rows = self.store.read_rows(sql + order, [*params, page], "listing incidents")
+        else:
+            column, values = split
+            parts, all_params = [], []
+            for value in values:
+                clause = " AND ".join([f"{column} = ?", *where])
+                parts.append(
+                    f"SELECT * FROM (SELECT rowid, last_ts, doc FROM incidents"  # noqa: S608
+                    f" WHERE {clause}{order})"
+                )
+                all_params += [value, *params, page]
+            sql = " UNION ALL ".join(parts) + " ORDER BY 2 DESC, 1 DESC LIMIT ?"
+            rows = self.store.read_rows(sql, [*all_params, page], "listing incidents")
         rows, cursor = _page(rows, query.limit, 1, 0)
-        return [orjson.loads(r[2]) for r in rows], cursor
+        return [r[2] for r in rows], cursor
 
     def get_incident(self, incident_id: str) -> dict[str, Any] | None:
         """One incident's document."""
