@@ -19,7 +19,7 @@ from api.deps import AppState
 from api.limits import BodyLimit, RateLimit
 from api.routes import alerts, assets, audit, auth, health, incidents, rules
 from soc import __version__
-from soc.config import Settings
+from soc.config import Settings, load_settings
 from soc.store.sqlite import SQLiteStore
 
 ROUTERS = (auth, health, incidents, alerts, assets, rules, audit)
@@ -57,3 +57,9 @@ def build_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_kb * 1024)
     app.add_middleware(RateLimit, rate_per_s=settings.api.rate_per_s, burst=settings.api.rate_burst)
     return app
+
+
+def create_app() -> FastAPI:
+    """The app over the configuration this process reads (``SOC_CONFIG``, ``soc.toml``, the
+    environment): what each worker of ``soc serve --workers N`` runs."""
+    return build_app(load_settings())

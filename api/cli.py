@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import click
 
@@ -52,19 +53,42 @@ def _check_sites(settings: Settings, sites: tuple[str, ...]) -> list[str]:
 @click.command("serve")
 @click.option("--host", help="Address to listen on (default: api.host).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port (default: api.port).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    help="Server processes (default: api.workers); one per core serves the most.",
+)
 @click.pass_context
-def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+def serve(ctx: click.Context, host: str | None, port: int | None, workers: int | None) -> None:
     """Run the API (OpenAPI document at /openapi.json, interactive docs at /docs)."""
+    import os
+
     import uvicorn
 
     from api.app import build_app
+    from api.auth import load_secret
 
     settings = _settings(ctx)
-    app = build_app(settings)
     host = host or settings.api.host
     port = port or settings.api.port
-    click.echo(f"serving on http://{host}:{port} (docs: http://{host}:{port}/docs)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    workers = workers or settings.api.workers
+    click.echo(
+        f"serving on http://{host}:{port} (docs: http://{host}:{port}/docs)"
+        + (f", {workers} workers" if workers > 1 else ""),
+        err=True,
+    )
+    options: dict[str, Any] = {"log_level": "warning", "access_log": False}
+    if workers == 1:
+        uvicorn.run(build_app(settings), host=host, port=port, **options)
+        return
+    SQLiteStore.from_settings(settings).close()  # migrated once, before the workers start
+    load_secret(settings.api_secret_path)  # made once: every worker signs with the same key
+    config = ctx.find_root().obj.get("config") if isinstance(ctx.find_root().obj, dict) else None
+    if config is not None:
+        os.environ["SOC_CONFIG"] = str(config)  # the workers read the same configuration
+    uvicorn.run(
+        "api.app:create_app", factory=True, host=host, port=port, workers=workers, **options
+    )
 
 
 @click.group("users")

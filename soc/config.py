@@ -234,6 +234,7 @@ class ApiSettings:
     rate_per_s: float = 50.0  # requests per second per client (user, key or address), sustained
     rate_burst: int = 200  # requests a client may send at once before 429
     page_max: int = 500  # the largest page a list route returns
+    workers: int = 1  # server processes of `soc serve`
 
     def __post_init__(self) -> None:
         _require(0 < self.port < 65536, "api.port", "a TCP port")
@@ -243,6 +244,7 @@ class ApiSettings:
         _require(self.rate_per_s > 0, "api.rate_per_s", "positive")
         _require(self.rate_burst >= 1, "api.rate_burst", "at least 1")
         _require(self.page_max >= 1, "api.page_max", "at least 1")
+        _require(1 <= self.workers <= 64, "api.workers", "1 to 64")
 
 
 @dataclass(frozen=True)
