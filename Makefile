@@ -54,6 +54,7 @@ bench: install  ## benchmarks: each prints our figure beside the peer's
 	$(BIN)/python -m bench.collect_modbus
 	$(BIN)/python -m bench.live_modbus
 	$(BIN)/python -m bench.detect
+	$(BIN)/python -m bench.api
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache .hypothesis
