@@ -131,8 +131,8 @@ class IncidentTables:
         elif query.statuses:
             where.append("status = ?")
             params.append(query.statuses[0])
-        if levels and split is None and len(levels) > 1:
-            split = ("level", tuple(levels))
+        if levels and split is None and len(levels) > 1 and not query.statuses:
+            split = ("level", tuple(levels))  # with one status, its index and a level filter
         elif levels:
             where.append(f"level IN ({', '.join('?' * len(levels))})")
             params += levels
@@ -321,7 +321,7 @@ class IncidentTables:
         detail: Mapping[str, Any] | None = None,
     ) -> None:
         """Record one access or change."""
-        with self.store._errors("writing the audit trail"), self.store._transaction():
+        with self.store._errors("writing the audit trail"):  # one statement: its own transaction
             self._audit(now_us, actor, action, object_type, object_id, detail or {})
 
     def _audit(
