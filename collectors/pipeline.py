@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from collectors import opcua
 from collectors.capture import Frame, RawFrame
 from collectors.modbus import plausible_adu
 from collectors.modbus_events import ModbusSession, ModbusStats
 from collectors.normalize import FlowContext
+from collectors.opcua_events import OpcuaSession, OpcuaStats
 from collectors.packet import TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet, decode
 from collectors.reassembly import Direction, Flow, FlowTable, StreamStats, flow_key
 from soc.config import CollectSettings
@@ -42,17 +44,31 @@ class CollectStats:
     capture_errors: list[tuple[str, str]] = field(default_factory=list)
     stream: StreamStats = field(default_factory=StreamStats)
     modbus: ModbusStats = field(default_factory=ModbusStats)
+    opcua: OpcuaStats = field(default_factory=OpcuaStats)
 
     @property
     def pdus(self) -> dict[str, int]:
-        """Protocol messages decoded, by protocol (requests, responses and exceptions)."""
+        """Protocol messages decoded, by protocol (Modbus requests, responses and exceptions;
+        OPC UA messages)."""
+        out = {}
         modbus = self.modbus.requests + self.modbus.responses
-        return {"modbus": modbus} if modbus else {}
+        if modbus:
+            out["modbus"] = modbus
+        if self.opcua.messages:
+            out["opcua"] = self.opcua.messages
+        return out
 
     @property
     def parse_errors(self) -> int:
         """Malformed PDUs, protocol violations and unreadable capture records."""
-        return self.modbus.malformed + self.modbus.violations + len(self.capture_errors)
+        return (
+            self.modbus.malformed
+            + self.modbus.violations
+            + self.opcua.malformed
+            + self.opcua.partial
+            + self.opcua.violations
+            + len(self.capture_errors)
+        )
 
     def summary(self) -> dict[str, Any]:
         """The closing summary as plain data."""
@@ -78,9 +94,23 @@ class CollectStats:
                 "malformed": self.modbus.malformed,
                 "resyncs": self.modbus.resyncs,
             },
+            "opcua": {
+                "messages": self.opcua.messages,
+                "requests": self.opcua.requests,
+                "responses": self.opcua.responses,
+                "service_faults": self.opcua.faults,
+                "encrypted": self.opcua.encrypted,
+                "aborted": self.opcua.aborted,
+                "unanswered": self.opcua.unanswered,
+                "orphans": self.opcua.orphans,
+                "violations": self.opcua.violations,
+                "malformed": self.opcua.malformed,
+                "partial": self.opcua.partial,
+                "resyncs": self.opcua.resyncs,
+            },
             "errors": [
                 {"location": loc, "message": msg}
-                for loc, msg in (self.capture_errors + self.modbus.errors)[:50]
+                for loc, msg in (self.capture_errors + self.modbus.errors + self.opcua.errors)[:50]
             ],
         }
 
@@ -100,6 +130,10 @@ class Collector:
             "product": "soc collect",
         }
         self.modbus_ports = frozenset(self.settings.modbus_ports)
+        self.ports = {
+            **dict.fromkeys(self.settings.opcua_ports, "opcua"),
+            **dict.fromkeys(self.settings.modbus_ports, "modbus"),
+        }
         self.flows = FlowTable(
             self.settings.max_flows, self.settings.idle_timeout_s * 1_000_000, self.stats.stream
         )
@@ -266,14 +300,15 @@ class Collector:
             client, server, known = src, dst, True
         elif syn and ack:
             client, server, known = dst, src, True
-        elif dport in self.modbus_ports or (sport not in self.modbus_ports and dport < sport):
+        elif dport in self.ports or (sport not in self.ports and dport < sport):
             client, server, known = src, dst, False
         else:
             client, server, known = dst, src, False
         flow = Flow(flow_key(src_ip, sport, dst_ip, dport), client, server, ts_us, ts_us, known)
         flow.data["macs"] = (src_mac, dst_mac) if src == client else (dst_mac, src_mac)
-        if self.modbus_ports and (client[1] in self.modbus_ports or server[1] in self.modbus_ports):
-            self._start(flow, "modbus")
+        protocol = self.ports.get(server[1]) or self.ports.get(client[1])
+        if protocol is not None:
+            self._start(flow, protocol)
         for old in self.flows.add(flow):
             self._close(old)
         return flow
@@ -281,13 +316,18 @@ class Collector:
     def _identify(self, flow: Flow, src: bytes, sport: int, payload: bytes) -> None:
         """Dynamic protocol detection on the first payload of a flow on no known port."""
         if plausible_adu(payload):
-            if not flow.client_known and (src, sport) == flow.server:
-                flow.client, flow.server = flow.server, flow.client  # the first ADU is a request
-                flow.data["macs"] = flow.data["macs"][::-1]
-                self.flows.orient(flow)
-            self._start(flow, "modbus")
+            protocol = "modbus"
+        elif opcua.plausible(payload):
+            protocol = "opcua"
         else:
             flow.protocol = NO_PROTOCOL
+            return
+        server_first = protocol == "opcua" and payload[:3] in (b"ACK", b"ERR", b"RHE")
+        if not flow.client_known and ((src, sport) == flow.server) != server_first:
+            flow.client, flow.server = flow.server, flow.client  # the first message's sender
+            flow.data["macs"] = flow.data["macs"][::-1]
+            self.flows.orient(flow)
+        self._start(flow, protocol)
 
     def _start(self, flow: Flow, protocol: str) -> None:
         flow.protocol = protocol
@@ -296,14 +336,25 @@ class Collector:
             "tcp", protocol, (*flow.client, client_mac), (*flow.server, server_mac)
         )
         source = self.source
-        session = ModbusSession(
-            context,
-            self.events.append,
-            self.stats.modbus,
-            self.observer,
-            lambda number: f"{source}: frame {number}",
-            self._timeout_us,
-        )
+        session: ModbusSession | OpcuaSession
+        if protocol == "opcua":
+            session = OpcuaSession(
+                context,
+                self.events.append,
+                self.stats.opcua,
+                self.observer,
+                lambda number: f"{source}: frame {number}",
+                self._timeout_us,
+            )
+        else:
+            session = ModbusSession(
+                context,
+                self.events.append,
+                self.stats.modbus,
+                self.observer,
+                lambda number: f"{source}: frame {number}",
+                self._timeout_us,
+            )
         flow.session = session
         stats, limit = self.stats.stream, self._max_pending
         flow.to_server = Direction(

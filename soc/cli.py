@@ -470,6 +470,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         + (", ".join(f"{k} {v:,}" for k, v in summary["pdus"].items()) or "none")
         + f"; events {summary['events']:,}",
         "modbus " + ", ".join(f"{k} {v:,}" for k, v in summary["modbus"].items()),
+        "opcua " + ", ".join(f"{k} {v:,}" for k, v in summary["opcua"].items()),
         f"parse errors {summary['parse_errors']:,}",
         f"assets {summary['assets']:,} hosts seen",
     ]

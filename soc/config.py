@@ -73,6 +73,7 @@ class CollectSettings:
     """The passive collectors: protocol ports, pairing and flow limits."""
 
     modbus_ports: tuple[int, ...] = (502,)
+    opcua_ports: tuple[int, ...] = (4840,)
     response_timeout_ms: int = 5000  # a request unanswered this long is reported as such
     idle_timeout_s: int = 300  # a flow silent this long (capture time) is closed
     max_flows: int = 100_000  # flows tracked at once; the longest idle are evicted beyond
@@ -81,6 +82,7 @@ class CollectSettings:
 
     def __post_init__(self) -> None:
         _require(all(0 < p < 65536 for p in self.modbus_ports), "collect.modbus_ports", "TCP ports")
+        _require(all(0 < p < 65536 for p in self.opcua_ports), "collect.opcua_ports", "TCP ports")
         _require(self.response_timeout_ms > 0, "collect.response_timeout_ms", "positive")
         _require(self.idle_timeout_s > 0, "collect.idle_timeout_s", "positive")
         _require(self.max_flows >= 10, "collect.max_flows", "at least 10")

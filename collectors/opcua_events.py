@@ -1,0 +1,429 @@
+"""OPC UA Binary sessions: chunks cut from the reassembled stream, messages reassembled from
+their chunks, requests paired with responses, one ECS event per message.
+
+- **One event per message** (``event.dataset: ics.opcua``), in the order its last chunk was
+  captured: HEL, ACK, ERR, RHE, and every OPN, MSG and CLO once its final chunk arrives
+  (``opcua.chunks`` counts them; an abort chunk gives an ``abort`` event with its status code and
+  reason). Chunks are reassembled per direction, secure channel and request id.
+- **Services** are decoded with asyncua's binary codec (:mod:`collectors.opcua`); the event names
+  the service (``opcua.service``, e.g. ``ReadRequest``) and its fields. A body that does not
+  decode on a channel whose security policy is not None (Sign and Encrypt, or asymmetrically
+  encrypted OPN) is recorded with its metadata and ``opcua.encrypted: true``; on a channel known
+  to be unsecured it is ``malformed`` and a counted parse error.
+- **Pairing.** A response carries its request's service, event id, frame and the response time;
+  requests are matched by secure channel and request id. A request left unanswered for
+  ``collect.response_timeout_ms`` (or at the end of its flow) gives one ``unanswered_request``
+  event; not CloseSecureChannel (it has no response) nor Publish (the server holds it until it
+  has notifications). An OpenSecureChannel response is paired with a request sent on channel 0
+  (before the server assigned the channel id). A response with no request seen (a capture that starts mid-session) is decoded all the
+  same and flagged ``orphan``.
+- **Mid-session captures** (no HEL or OPN seen): the stream is resynchronised on the first
+  plausible chunk header and every message that decodes is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from collectors.normalize import FlowContext
+from collectors.opcua import (
+    HEADER_SIZE,
+    NONE_POLICY,
+    SECURITY_MODES,
+    chunk_size,
+    connection_fields,
+    decode_service,
+    parse_chunk,
+    service_fields,
+)
+from soc.errors import DissectError
+from soc.event import event_id, stream_event_id
+from soc.types import Event
+
+DATASET = "ics.opcua"
+MAX_IN_FLIGHT = 4096  # requests awaiting a response per flow
+MAX_PARTIAL = 64  # messages being reassembled per flow
+MAX_MESSAGE = 1 << 26  # 64 MiB: a message reassembled beyond is dropped (counted)
+#: Requests without a response (CLO), and requests a server holds until it has notifications.
+_NO_ANSWER = frozenset({"CloseSecureChannelRequest"})
+_HELD = frozenset({"PublishRequest"})
+_ACTIONS = {"HEL": "hello", "ACK": "acknowledge", "ERR": "error", "RHE": "reverse_hello"}
+_ACCESS = ("ReadRequest", "WriteRequest", "CallRequest", "HistoryReadRequest",
+           "HistoryUpdateRequest", "AddNodesRequest", "DeleteNodesRequest")  # fmt: skip
+
+
+@dataclass
+class OpcuaStats:
+    """Counts of one collection run."""
+
+    messages: int = 0
+    requests: int = 0
+    responses: int = 0
+    faults: int = 0
+    encrypted: int = 0
+    aborted: int = 0
+    orphans: int = 0
+    unanswered: int = 0
+    malformed: int = 0
+    partial: int = 0  # messages whose header decoded but not the rest of the body
+    violations: int = 0
+    resyncs: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _InFlight:
+    ts_us: int
+    frame: int
+    event_id: str
+    service: str
+
+    @property
+    def held(self) -> bool:
+        """A request the server keeps until it has something to say (no timeout applies)."""
+        return self.service in _HELD
+
+
+@dataclass
+class _Partial:
+    chunks: list[bytes]
+    size: int
+    first_frame: int
+
+
+class OpcuaSession:
+    """One OPC UA connection: framing both directions, reassembly, pairing, events."""
+
+    def __init__(
+        self,
+        context: FlowContext,
+        emit: Callable[[Event], None],
+        stats: OpcuaStats,
+        observer: dict[str, Any],
+        location: Callable[[int], str],
+        timeout_us: int,
+    ) -> None:
+        self.context = context
+        self.emit = emit
+        self.stats = stats
+        self.observer = observer
+        self.location = location
+        self.timeout_us = timeout_us
+        self.buffers = {True: b"", False: b""}
+        self.buffer_seq = {True: 0, False: 0}
+        self.synced = {True: False, False: False}
+        self.violated = {True: False, False: False}
+        self.policies: dict[int, str] = {}  # secure channel -> security policy URI (from OPN)
+        self.modes: dict[int, str] = {}  # secure channel -> security mode (OPN request)
+        self.partial: dict[tuple[bool, int, int], _Partial] = {}
+        self.in_flight: dict[tuple[int, int], _InFlight] = {}
+        self.tags = {d: context.stream_tag(DATASET, d) for d in (True, False)}
+
+    # -- stream ------------------------------------------------------------------------------
+
+    def data(self, to_server: bool, data: bytes, ts_us: int, frame: int, seq: int) -> None:
+        """In-order bytes of one direction (``seq``: the first byte's TCP sequence number)."""
+        buffer = self.buffers[to_server]
+        if buffer:
+            start_seq, buffer = self.buffer_seq[to_server], buffer + data
+        else:
+            start_seq, buffer = seq, data
+        offset = 0
+        while True:
+            size = chunk_size(buffer[offset : offset + HEADER_SIZE])
+            if size == 0 or offset + size > len(buffer):
+                break
+            if size < 0:
+                skip = -1 if self.synced[to_server] else _resync(buffer, offset)
+                if skip > 0:  # a capture that starts mid-stream, or resumes after a gap
+                    self.stats.resyncs += 1
+                    offset += skip
+                    continue
+                self._violation(to_server, buffer[offset:], ts_us, frame, start_seq + offset)
+                offset = len(buffer)
+                break
+            self.synced[to_server] = True
+            self._chunk(to_server, buffer[offset : offset + size], ts_us, frame, start_seq + offset)
+            offset += size
+        self.buffers[to_server] = buffer[offset:]
+        self.buffer_seq[to_server] = (start_seq + offset) % (1 << 32)
+
+    def gap(self, to_server: bool) -> None:
+        """Bytes were lost: drop the partial chunk and messages; resynchronise."""
+        self.buffers[to_server] = b""
+        self.synced[to_server] = False
+        for key in [k for k in self.partial if k[0] == to_server]:
+            del self.partial[key]
+
+    def expire(self, now_us: int) -> None:
+        """Report requests whose response is overdue."""
+        if not self.in_flight:
+            return
+        limit = now_us - self.timeout_us
+        overdue = [k for k, v in self.in_flight.items() if v.ts_us < limit and not v.held]
+        for key in overdue:
+            self._unanswered(key, self.in_flight.pop(key))
+
+    def close(self) -> None:
+        """The flow ended: every request still in flight is unanswered."""
+        for key, pending in list(self.in_flight.items()):
+            if not pending.held:
+                self._unanswered(key, pending)
+        self.in_flight.clear()
+        self.partial.clear()
+
+    # -- chunks and messages -----------------------------------------------------------------
+
+    def _chunk(self, to_server: bool, data: bytes, ts_us: int, frame: int, seq: int) -> None:
+        eid = stream_event_id(ts_us, self.tags[to_server], seq)
+        try:
+            chunk = parse_chunk(data)
+        except DissectError as exc:
+            self._malformed(to_server, data, ts_us, frame, eid, exc.message)
+            return
+        fields: dict[str, Any] = {
+            "message_type": chunk.message_type,
+            "chunk_type": chunk.chunk_type,
+            "message_size": chunk.size,
+            "frame": frame,
+        }
+        kind = chunk.message_type
+        if kind in _ACTIONS:
+            try:
+                fields.update(connection_fields(kind, chunk.body))
+            except DissectError as exc:
+                self._malformed(to_server, data, ts_us, frame, eid, exc.message)
+                return
+            outcome = "failure" if kind == "ERR" else "success"
+            self._emit(to_server, ts_us, eid, _ACTIONS[kind], fields, outcome, "connection")
+            return
+        channel = chunk.secure_channel_id or 0
+        fields["secure_channel_id"] = channel
+        for name in ("token_id", "sequence_number", "request_id"):
+            if getattr(chunk, name) is not None:
+                fields[name] = getattr(chunk, name)
+        if kind == "OPN":
+            fields["security_policy_uri"] = chunk.security_policy_uri
+            fields["sender_certificate_length"] = chunk.sender_certificate_length
+            fields["receiver_thumbprint_length"] = chunk.receiver_thumbprint_length
+            if chunk.security_policy_uri is not None:
+                self.policies[channel] = chunk.security_policy_uri
+            if chunk.request_id is None:  # asymmetrically encrypted: no readable sequence header
+                self.stats.encrypted += 1
+                fields["encrypted"] = True
+                self._message_event(to_server, ts_us, eid, fields, None)
+                return
+        elif channel in self.policies:
+            fields["security_policy_uri"] = self.policies[channel]
+        if channel in self.modes:
+            fields["security_mode"] = self.modes[channel]
+        key = (to_server, channel, chunk.request_id or 0)
+        if chunk.chunk_type == "C":
+            self._intermediate(key, chunk.body, frame)
+            return
+        partial = self.partial.pop(key, None)
+        if chunk.chunk_type == "A":
+            self.stats.aborted += 1
+            with contextlib.suppress(DissectError):
+                fields.update(connection_fields("ERR", chunk.body))
+            fields["chunks"] = (len(partial.chunks) if partial else 0) + 1
+            self._emit(to_server, ts_us, eid, "abort", fields, "failure", "connection")
+            return
+        body = chunk.body if partial is None else b"".join([*partial.chunks, chunk.body])
+        fields["chunks"] = (len(partial.chunks) if partial else 0) + 1
+        if partial is not None:
+            fields["first_frame"] = partial.first_frame
+        self._message(to_server, ts_us, frame, eid, fields, body, channel)
+
+    def _intermediate(self, key: tuple[bool, int, int], body: bytes, frame: int) -> None:
+        partial = self.partial.get(key)
+        if partial is None:
+            if len(self.partial) >= MAX_PARTIAL:
+                self.partial.pop(next(iter(self.partial)))
+            partial = self.partial[key] = _Partial([], 0, frame)
+        partial.chunks.append(body)
+        partial.size += len(body)
+        if partial.size > MAX_MESSAGE:
+            del self.partial[key]
+            self._error(frame, f"OPC UA message over {MAX_MESSAGE} bytes in chunks: dropped")
+
+    def _message(
+        self,
+        to_server: bool,
+        ts_us: int,
+        frame: int,
+        eid: str,
+        fields: dict[str, Any],
+        body: bytes,
+        channel: int,
+    ) -> None:
+        policy = self.policies.get(channel)
+        if self.modes.get(channel) == "SignAndEncrypt":
+            self.stats.encrypted += 1
+            fields["encrypted"] = True
+            self._message_event(to_server, ts_us, eid, fields, None)
+            return
+        try:
+            service = decode_service(body)
+        except DissectError as exc:
+            if policy is not None and policy != NONE_POLICY:
+                self.stats.encrypted += 1
+                fields["encrypted"] = True
+                self._message_event(to_server, ts_us, eid, fields, None)
+                return
+            self.stats.malformed += 1
+            self._error(frame, f"OPC UA {fields['message_type']}: {exc.message}")
+            fields["anomalies"] = ["malformed"]
+            fields["raw"] = body[:64].hex()
+            self._message_event(to_server, ts_us, eid, fields, None)
+            return
+        record = service_fields(service)
+        if service.value is None:  # the header decoded, not the rest: counted, not guessed
+            self.stats.partial += 1
+            self._error(frame, f"OPC UA {fields['message_type']}: {service.error}")
+        if service.trailing:
+            record["trailing_bytes"] = service.trailing  # a signature (Sign mode) or padding
+        if service.name == "OpenSecureChannelRequest" and "security_mode" in record:
+            self.modes[channel] = record["security_mode"]
+            fields["security_mode"] = record.pop("security_mode")
+        fields.update(record)
+        self._message_event(to_server, ts_us, eid, fields, frame)
+
+    def _message_event(
+        self, to_server: bool, ts_us: int, eid: str, fields: dict[str, Any], frame: int | None
+    ) -> None:
+        service = fields.get("service")
+        channel, request = fields.get("secure_channel_id", 0), fields.get("request_id")
+        outcome = "unknown"
+        if service is None:
+            action = "encrypted_message" if fields.get("encrypted") else "malformed_message"
+        elif service.endswith("Request"):
+            action = service[: -len("Request")]
+            self.stats.requests += 1
+            if request is not None and service not in _NO_ANSWER:
+                self._track((channel, request), _InFlight(ts_us, fields["frame"], eid, service))
+        else:
+            action = service[: -len("Response")] if service.endswith("Response") else service
+            self.stats.responses += 1
+            if service == "ServiceFault":
+                self.stats.faults += 1
+            outcome = (
+                "success"
+                if fields.get("status_code", "0x00000000")[2:4] in ("00", "40")
+                else "failure"
+            )
+            pending = None
+            if request is not None:
+                pending = self.in_flight.pop((channel, request), None)
+                if pending is None and service == "OpenSecureChannelResponse":
+                    pending = self.in_flight.pop((0, request), None)  # asked before it had an id
+            if pending is None:
+                self.stats.orphans += 1
+                fields["orphan"] = True
+            else:
+                fields["response_time_us"] = ts_us - pending.ts_us
+                fields["request_frame"] = pending.frame
+                fields["request_event_id"] = pending.event_id
+                fields["request_service"] = pending.service
+        kind = "access" if service in _ACCESS else "info"
+        self._emit(to_server, ts_us, eid, _snake(action), fields, outcome, kind)
+
+    def _track(self, key: tuple[int, int], pending: _InFlight) -> None:
+        if len(self.in_flight) >= MAX_IN_FLIGHT:  # report the oldest rather than grow
+            oldest = min(self.in_flight, key=lambda k: self.in_flight[k].ts_us)
+            self._unanswered(oldest, self.in_flight.pop(oldest))
+        self.in_flight[key] = pending
+
+    def _emit(
+        self,
+        to_server: bool,
+        ts_us: int,
+        eid: str,
+        action: str,
+        fields: dict[str, Any],
+        outcome: str,
+        kind: str,
+    ) -> None:
+        self.stats.messages += 1
+        doc = self.context.event(to_server, ts_us, eid, DATASET, self.observer)
+        event = doc["event"]
+        event["action"] = action
+        event["type"] = ["protocol", kind]
+        event["outcome"] = outcome
+        doc["opcua"] = fields
+        self.emit(doc)
+
+    def _unanswered(self, key: tuple[int, int], pending: _InFlight) -> None:
+        self.stats.unanswered += 1
+        ts_us = pending.ts_us + self.timeout_us
+        eid = event_id(ts_us, DATASET, "unanswered", pending.event_id)
+        doc = self.context.event(True, ts_us, eid, DATASET, self.observer)
+        doc["event"].update(
+            {"action": "unanswered_request", "type": ["protocol", "info"], "outcome": "failure"}
+        )
+        doc["opcua"] = {
+            "message_type": "MSG",
+            "secure_channel_id": key[0],
+            "request_id": key[1],
+            "request_service": pending.service,
+            "request_frame": pending.frame,
+            "request_event_id": pending.event_id,
+            "response_timeout_us": self.timeout_us,
+        }
+        self.emit(doc)
+
+    def _malformed(
+        self, to_server: bool, data: bytes, ts_us: int, frame: int, eid: str, message: str
+    ) -> None:
+        self.stats.malformed += 1
+        self._error(frame, f"OPC UA chunk: {message}")
+        fields = {
+            "message_type": data[:3].decode("latin-1"),
+            "message_size": len(data),
+            "frame": frame,
+            "anomalies": ["malformed"],
+            "raw": data[:64].hex(),
+        }
+        self._emit(to_server, ts_us, eid, "malformed_message", fields, "failure", "info")
+
+    def _violation(self, to_server: bool, data: bytes, ts_us: int, frame: int, seq: int) -> None:
+        self.stats.violations += 1
+        self._error(frame, "bytes on an OPC UA port that are not OPC UA Binary chunks")
+        if self.violated[to_server]:
+            return
+        self.violated[to_server] = True
+        eid = event_id(ts_us, DATASET, self.context.community_id, "violation", to_server, seq)
+        doc = self.context.event(to_server, ts_us, eid, DATASET, self.observer)
+        doc["event"].update(
+            {"action": "protocol_violation", "type": ["protocol", "info"], "outcome": "failure"}
+        )
+        doc["opcua"] = {"anomalies": ["not_opcua"], "raw": data[:64].hex()}
+        self.emit(doc)
+
+    def _error(self, frame: int, message: str) -> None:
+        if len(self.stats.errors) < 1000:
+            self.stats.errors.append((self.location(frame), message))
+
+
+def _resync(buffer: bytes, offset: int) -> int:
+    """Bytes to skip from ``offset`` to the next plausible chunk header; -1 if none within 64 KiB."""
+    limit = min(len(buffer) - HEADER_SIZE, offset + 65536)
+    for start in range(offset + 1, limit + 1):
+        if chunk_size(buffer[start : start + HEADER_SIZE]) > 0:
+            return start - offset
+    return -1
+
+
+def _snake(name: str) -> str:
+    out = []
+    for i, c in enumerate(name):
+        if c.isupper() and i and not name[i - 1].isupper():
+            out.append("_")
+        out.append(c.lower())
+    return "".join(out)
+
+
+__all__ = ["DATASET", "SECURITY_MODES", "OpcuaSession", "OpcuaStats"]
