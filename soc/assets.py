@@ -60,8 +60,8 @@ UNANSWERED = 4  # a request left unanswered (the event's time is a deadline, not
 NO_ROLE = 8  # traffic that says nothing of roles (bytes on the port that are not the protocol)
 
 #: The names a protocol gives to the generic observation fields in its part of the document.
-_UNIT_FIELD = {"modbus": "unit_ids"}
-_CODE_FIELD = {"modbus": "function_codes"}
+_UNIT_FIELD = {"modbus": "unit_ids", "opcua": "security_policies"}
+_CODE_FIELD = {"modbus": "function_codes", "opcua": "services"}
 
 #: Role names of the protocols' own specifications, accepted as aliases of client and server.
 ROLE_ALIASES = {"client": "client", "server": "server", "master": "client", "slave": "server"}
@@ -75,6 +75,9 @@ _IDENTITY_NAMES = {
     "product_name": "product",
     "model_name": "model",
     "user_application_name": "application",
+    "application_name": "application",
+    "application_uri": "application_uri",
+    "product_uri": "product_uri",
 }
 
 _TOP_ORDER = (
@@ -240,8 +243,73 @@ def fold_modbus(inventory: AssetInventory, doc: Event) -> None:
         inventory.identify("modbus", key[4], key[7], modbus["device_identification"], ts)
 
 
-#: event.dataset -> the fold of its events. OPC UA, DLMS and MQTT add theirs here.
-FOLDS: dict[str, Fold] = {"ics.modbus": fold_modbus}
+def fold_opcua(inventory: AssetInventory, doc: Event) -> None:
+    """One ``ics.opcua`` event: the client (its source when it sends a request, HEL or OPN; its
+    destination otherwise) and the server; services used and served (by name, ``Read`` for
+    ``ReadRequest``), security policies (short names, as ``units``), service faults and bad
+    results as exceptions, and the server's application and endpoints from GetEndpoints and
+    CreateSession answers as its identification."""
+    opcua = doc["opcua"]
+    src, dst = doc["source"], doc["destination"]
+    ts = doc["@timestamp"]
+    if len(ts) != 27 or ts[26] != "Z":
+        ts = canonical_time(ts)
+    service = opcua.get("service") or ""
+    action = doc["event"].get("action")
+    from_client = service.endswith("Request") or opcua.get("message_type") in ("HEL", "OPN", "CLO")
+    if (
+        service.endswith("Response")
+        or service == "ServiceFault"
+        or opcua.get("message_type")
+        in (
+            "ACK",
+            "ERR",
+        )
+    ):
+        from_client = False
+    client, server = (src, dst) if from_client else (dst, src)
+    flags = 0
+    code = None
+    if action == "unanswered_request":
+        flags, client, server = UNANSWERED, src, dst
+    elif service.endswith("Request"):
+        flags, code = COUNT_CODE, service[: -len("Request")]
+    elif "anomalies" in opcua and not service:
+        flags = NO_ROLE
+    if service == "ServiceFault" or (
+        not from_client and str(opcua.get("status_code", "0x0"))[2:3] in ("8", "9", "A", "B")
+    ):
+        flags |= EXCEPTION
+    policy = opcua.get("security_policy_uri")
+    unit = policy.rsplit("#", 1)[-1] if isinstance(policy, str) and "#" in policy else None
+    key = ("opcua", flags, client["ip"], client.get("mac"), server["ip"], server.get("mac"),
+           server.get("port"), unit, code)  # fmt: skip
+    inventory.count(key, ts)
+    endpoints = opcua.get("endpoints")
+    if endpoints and not from_client:
+        first = endpoints[0]
+        objects = {
+            "application_uri": first.get("application_uri"),
+            "endpoint_urls": ", ".join(sorted({str(e.get("url")) for e in endpoints})),
+            "security_policies_offered": ", ".join(
+                sorted(
+                    {str(e.get("security_policy_uri", "")).rsplit("#", 1)[-1] for e in endpoints}
+                )
+            ),
+            "security_modes_offered": ", ".join(
+                sorted({str(e.get("security_mode")) for e in endpoints})
+            ),
+            "user_token_types": ", ".join(
+                sorted({t for e in endpoints for t in e.get("user_token_types", [])})
+            ),
+        }
+        inventory.identify(
+            "opcua", server["ip"], "endpoints", {k: v for k, v in objects.items() if v}, ts
+        )
+
+
+#: event.dataset -> the fold of its events. DLMS and MQTT add theirs here.
+FOLDS: dict[str, Fold] = {"ics.modbus": fold_modbus, "ics.opcua": fold_opcua}
 
 
 # -- documents -------------------------------------------------------------------------------

@@ -346,7 +346,7 @@ def collect(
     rules_path: Path | None,
     summary_json: bool,
 ) -> None:
-    """Dissect Modbus/TCP traffic from captures or a live interface into ECS events.
+    """Dissect Modbus/TCP and OPC UA traffic from captures or a live interface into ECS events.
 
     Events go to the configured store, or to --jsonl. The summary (packets, flows, PDUs per
     protocol, parse errors with their location, gaps) is printed to standard error at the end.

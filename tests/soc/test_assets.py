@@ -588,3 +588,82 @@ def test_jsonl_collection_reports_the_assets_and_leaves_the_store_alone(
         {p["src"] for p in _tshark_pdus(corpus_path(EIT))}
     )
     assert not (tmp_path / "soc-data").exists()
+
+
+def _opcua(action: str, src: str, dst: str, sport: int, dport: int, **fields: object) -> dict:
+    return {
+        "@timestamp": "2026-11-25T10:00:00.000000Z",
+        "event": {"dataset": "ics.opcua", "action": action},
+        "source": {"ip": src, "port": sport},
+        "destination": {"ip": dst, "port": dport},
+        "opcua": fields,
+    }
+
+
+def test_opcua_fold_names_client_server_services_policies_and_endpoints() -> None:
+    policy = "http://opcfoundation.org/UA/SecurityPolicy#Basic256Sha256"
+    events = [
+        _opcua("hello", "10.0.0.5", "10.0.0.9", 50000, 4840, message_type="HEL"),
+        _opcua("acknowledge", "10.0.0.9", "10.0.0.5", 4840, 50000, message_type="ACK"),
+        _opcua(
+            "read",
+            "10.0.0.5",
+            "10.0.0.9",
+            50000,
+            4840,
+            message_type="MSG",
+            service="ReadRequest",
+            security_policy_uri=policy,
+        ),
+        _opcua(
+            "read",
+            "10.0.0.9",
+            "10.0.0.5",
+            4840,
+            50000,
+            message_type="MSG",
+            service="ReadResponse",
+            status_code="0x00000000",
+        ),
+        _opcua(
+            "service_fault",
+            "10.0.0.9",
+            "10.0.0.5",
+            4840,
+            50000,
+            message_type="MSG",
+            service="ServiceFault",
+            status_code="0x80340000",
+        ),
+        _opcua(
+            "get_endpoints",
+            "10.0.0.9",
+            "10.0.0.5",
+            4840,
+            50000,
+            message_type="MSG",
+            service="GetEndpointsResponse",
+            status_code="0x00000000",
+            endpoints=[
+                {
+                    "url": "opc.tcp://plc:4840",
+                    "security_policy_uri": policy,
+                    "security_mode": "SignAndEncrypt",
+                    "user_token_types": ["UserName"],
+                    "application_uri": "urn:plant:plc",
+                }
+            ],
+        ),
+    ]
+    inventory = AssetInventory()
+    inventory.observe_all(events)
+    docs = {d["ip"]: d for d in inventory.docs()}
+    client, server = docs["10.0.0.5"], docs["10.0.0.9"]
+    assert client["opcua"]["roles"] == ["client"]
+    assert server["opcua"]["roles"] == ["server"]
+    assert server["opcua"]["ports"] == [4840]
+    assert server["opcua"]["services"]["served"] == {"Read": 1}
+    assert server["opcua"]["security_policies"] == ["Basic256Sha256"]
+    assert server["opcua"]["exceptions_returned"] == 1
+    assert server["identity"]["application_uri"] == "urn:plant:plc"
+    assert server["identity"]["security_policies_offered"] == "Basic256Sha256"
