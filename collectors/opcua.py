@@ -97,6 +97,22 @@ def _fix_diagnostic_info() -> None:
 
 _fix_diagnostic_info()
 
+
+def _fix_data_type_attributes() -> None:
+    """asyncua 2.1 registers its own ``DataTypeAttributes`` for the encoding i=372, with a
+    ``DataTypeDefinition`` field the specification does not have (its own FIXME says so), so a
+    standard AddNodes request for a DataType node runs out of bytes. The specification's type
+    (asyncua's generated one) decodes it."""
+    from asyncua.ua import uaprotocol_auto
+
+    encoding = ua.NodeId(ua.Int32(372), ua.Int16(0))
+    standard = getattr(uaprotocol_auto, "DataTypeAttributes", None)
+    if standard is not None and ua.extension_objects_by_typeid.get(encoding) is not standard:
+        ua.extension_objects_by_typeid[encoding] = standard
+
+
+_fix_data_type_attributes()
+
 MESSAGE_TYPES = frozenset({b"HEL", b"ACK", b"ERR", b"RHE", b"OPN", b"MSG", b"CLO"})
 CHUNK_TYPES = frozenset({b"F", b"C", b"A"})
 HEADER_SIZE = 8

@@ -1,4 +1,4 @@
-"""The rule set on the lab's labelled reference capture (lab/reference): every Modbus attack
+"""The rule set on the lab's labelled reference capture (lab/reference): every Modbus and OPC UA attack
 scenario raises the ATT&CK for ICS techniques its label promises (recall per scenario), and the
 normal period before the first attack raises nothing, and most alerts during an attack are
 about it (precision), scored by :mod:`detectors.evaluate` as ``soc rules evaluate`` prints it
@@ -34,7 +34,7 @@ def _labels() -> dict[str, Any]:
 
 
 def _scenarios() -> list[dict[str, Any]]:
-    return [s for s in _labels()["scenarios"] if s["protocol"] == "modbus"]
+    return [s for s in _labels()["scenarios"] if s["protocol"] in ("modbus", "opcua")]
 
 
 def _waits_for_timeout(plan: RulePlan) -> bool:
