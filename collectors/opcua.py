@@ -170,8 +170,13 @@ def parse_chunk(data: bytes) -> Chunk:
         chunk.security_policy_uri = reader.string()
         chunk.sender_certificate_length = reader.byte_string_length()
         chunk.receiver_thumbprint_length = reader.byte_string_length()
-        if chunk.security_policy_uri not in (None, NONE_POLICY):
-            chunk.body = data[reader.offset :]  # the rest is asymmetrically encrypted
+        # the rest is asymmetrically encrypted when there is a receiver certificate to encrypt
+        # for: OPC 10000-6 6.7.2.3, the thumbprint is null when the message is not encrypted
+        if (
+            chunk.security_policy_uri not in (None, NONE_POLICY)
+            and (chunk.receiver_thumbprint_length or 0) > 0
+        ):
+            chunk.body = data[reader.offset :]
             return chunk
     else:
         chunk.token_id = reader.u32()
