@@ -24,6 +24,7 @@ their chunks, requests paired with responses, one ECS event per message.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -417,6 +418,7 @@ def _resync(buffer: bytes, offset: int) -> int:
     return -1
 
 
+@functools.cache
 def _snake(name: str) -> str:
     out = []
     for i, c in enumerate(name):
