@@ -133,7 +133,8 @@ def _attacker_requests(events: list[Event], label: dict[str, Any]) -> list[Event
     return [
         e
         for e in events
-        if e["source"]["ip"] == SITE.attacker
+        if e["event"]["dataset"] == "ics.modbus"
+        and e["source"]["ip"] == SITE.attacker
         and e["modbus"].get("pdu_type") == "request"
         and inside(parse_timestamp(e["@timestamp"]))
     ]
@@ -191,7 +192,8 @@ def test_the_listen_only_attack_leaves_the_hmi_unanswered(
     unanswered = Counter(
         e["source"]["ip"]
         for e in events
-        if e["modbus"].get("pdu_type") == "unanswered_request"
+        if e["event"]["dataset"] == "ics.modbus"
+        and e["modbus"].get("pdu_type") == "unanswered_request"
         and inside(parse_timestamp(e["@timestamp"]))
     )
     assert unanswered[SITE.hmi] > 0
