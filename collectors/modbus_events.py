@@ -27,6 +27,7 @@ from collectors.modbus import (
     plausible_adu,
 )
 from collectors.normalize import FlowContext
+from collectors.session import StreamSession
 from soc.errors import DissectError
 from soc.event import event_id, stream_event_id
 from soc.types import Event
@@ -61,8 +62,14 @@ class _InFlight:
     request: dict[str, Any]
 
 
-class ModbusSession:
+class ModbusSession(StreamSession):
     """One Modbus/TCP connection: framing both directions, pairing, events."""
+
+    DATASET = DATASET
+    NAMESPACE = "modbus"
+    HEADER = 6
+    NOT_PROTOCOL = "not_modbus"
+    VIOLATION_MESSAGE = "bytes on a Modbus port that are not Modbus/TCP (protocol id or length)"
 
     def __init__(
         self,
@@ -73,66 +80,41 @@ class ModbusSession:
         location: Callable[[int], str],
         timeout_us: int,
     ) -> None:
-        self.context = context
-        self.emit = emit
-        self.stats = stats
-        self.observer = observer
-        self.location = location
-        self.timeout_us = timeout_us
-        self.buffers = {True: b"", False: b""}
-        self.buffer_seq = {True: 0, False: 0}
-        self.violated = {True: False, False: False}
-        self.synced = {True: False, False: False}  # an ADU parsed since the start or a gap
+        super().__init__(context, emit, stats, observer, location, timeout_us)
+        self.stats: ModbusStats = stats
         #: requests awaiting a response by (transaction id, unit id), oldest first
         self.in_flight: dict[tuple[int, int], list[_InFlight]] = {}
         self.in_flight_count = 0
-        self.tags = {d: context.stream_tag(DATASET, d) for d in (True, False)}
 
     # -- stream ------------------------------------------------------------------------------
 
     def data(self, to_server: bool, data: bytes, ts_us: int, frame: int, seq: int) -> None:
         """In-order bytes of one direction (``seq``: the first byte's TCP sequence number)."""
-        buffer = self.buffers[to_server]
-        if buffer:
-            start_seq = self.buffer_seq[to_server]
-            buffer += data
-        else:
-            size = len(data)  # the usual case first: one whole ADU in one segment
-            if (
-                size >= 8
-                and not data[2]
-                and not data[3]
-                and ((data[4] << 8) | data[5]) + 6 == size
-                and size <= MAX_LENGTH_FIELD + 6
-            ):
-                self.synced[to_server] = True
-                self._adu(to_server, data, ts_us, frame, seq)
-                return
-            start_seq, buffer = seq, data
-        offset = 0
-        while True:
-            size = frame_length(buffer[offset : offset + 6])
-            if size == 0 or offset + size > len(buffer):
-                break
-            if size < 0:
-                skip = -1 if self.synced[to_server] else _resync(buffer, offset)
-                if skip > 0:  # a capture that starts mid-stream, or resumes after a gap
-                    self.stats.resyncs += 1
-                    offset += skip
-                    continue
-                self._violation(to_server, buffer[offset:], ts_us, frame, start_seq + offset)
-                offset = len(buffer)
-                break
+        size = len(data)
+        if (  # the usual case first: one whole ADU in one segment, nothing buffered
+            not self.buffers[to_server]
+            and size >= 8
+            and not data[2]
+            and not data[3]
+            and ((data[4] << 8) | data[5]) + 6 == size
+            and size <= MAX_LENGTH_FIELD + 6
+        ):
             self.synced[to_server] = True
-            self._adu(to_server, buffer[offset : offset + size], ts_us, frame, start_seq + offset)
-            offset += size
-        self.buffers[to_server] = buffer[offset:]
-        self.buffer_seq[to_server] = (start_seq + offset) % (1 << 32)
+            self._adu(to_server, data, ts_us, frame, seq)
+            return
+        self._cut(to_server, data, ts_us, frame, seq)
 
-    def gap(self, to_server: bool) -> None:
-        """Bytes were lost: drop the partial ADU; the next segment starts afresh."""
-        self.buffers[to_server] = b""
-        self.synced[to_server] = False
+    def _size(self, head: bytes) -> int:
+        return frame_length(head)
+
+    def _resync(self, buffer: bytes, offset: int) -> int:
+        return _resync(buffer, offset)
+
+    def _take(self, to_server: bool, data: bytes, ts_us: int, frame: int, seq: int) -> None:
+        self._adu(to_server, data, ts_us, frame, seq)
+
+    def _violation_fields(self, data: bytes) -> dict[str, Any]:
+        return {"pdu_type": "protocol_violation", **super()._violation_fields(data)}
 
     def expire(self, now_us: int) -> None:
         """Report requests whose response is overdue."""
@@ -275,24 +257,6 @@ class ModbusSession:
             "response_timeout_us": self.timeout_us,
         }
         self.emit(doc)
-
-    def _violation(self, to_server: bool, data: bytes, ts_us: int, frame: int, seq: int) -> None:
-        self.stats.violations += 1
-        self._error(frame, "bytes on a Modbus port that are not Modbus/TCP (protocol id or length)")
-        if self.violated[to_server]:
-            return
-        self.violated[to_server] = True
-        eid = event_id(ts_us, DATASET, self.context.community_id, "violation", to_server, seq)
-        doc = self.context.event(to_server, ts_us, eid, DATASET, self.observer)
-        doc["event"].update({"action": "protocol_violation", "type": ["protocol", "info"],
-                             "outcome": "failure"})  # fmt: skip
-        doc["modbus"] = {"pdu_type": "protocol_violation", "anomalies": ["not_modbus"],
-                         "raw": data[:64].hex()}  # fmt: skip
-        self.emit(doc)
-
-    def _error(self, frame: int, message: str) -> None:
-        if len(self.stats.errors) < 1000:
-            self.stats.errors.append((self.location(frame), message))
 
 
 def _resync(buffer: bytes, offset: int) -> int:

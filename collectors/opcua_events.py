@@ -5,7 +5,7 @@ their chunks, requests paired with responses, one ECS event per message.
   captured: HEL, ACK, ERR, RHE, and every OPN, MSG and CLO once its final chunk arrives
   (``opcua.chunks`` counts them; an abort chunk gives an ``abort`` event with its status code and
   reason). Chunks are reassembled per direction, secure channel and request id.
-- **Services** are decoded with asyncua's binary codec (:mod:`collectors.opcua`); the event names
+- **Services** are decoded with asyncua's binary codec (:mod:`collectors.opcua_services`); the event names
   the service (``opcua.service``, e.g. ``ReadRequest``) and its fields. A body that does not
   decode on a channel whose security policy is not None (Sign and Encrypt, or asymmetrically
   encrypted OPN) is recorded with its metadata and ``opcua.encrypted: true``; on a channel known
@@ -24,9 +24,8 @@ their chunks, requests paired with responses, one ECS event per message.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from collectors.normalize import FlowContext
@@ -34,12 +33,13 @@ from collectors.opcua import (
     HEADER_SIZE,
     NONE_POLICY,
     SECURITY_MODES,
+    OpcuaStats,
     chunk_size,
     connection_fields,
-    decode_service,
     parse_chunk,
-    service_fields,
 )
+from collectors.opcua_services import decode_service, service_fields, snake_case
+from collectors.session import StreamSession
 from soc.errors import DissectError
 from soc.event import event_id, stream_event_id
 from soc.types import Event
@@ -54,25 +54,6 @@ _HELD = frozenset({"PublishRequest"})
 _ACTIONS = {"HEL": "hello", "ACK": "acknowledge", "ERR": "error", "RHE": "reverse_hello"}
 _ACCESS = ("ReadRequest", "WriteRequest", "CallRequest", "HistoryReadRequest",
            "HistoryUpdateRequest", "AddNodesRequest", "DeleteNodesRequest")  # fmt: skip
-
-
-@dataclass
-class OpcuaStats:
-    """Counts of one collection run."""
-
-    messages: int = 0
-    requests: int = 0
-    responses: int = 0
-    faults: int = 0
-    encrypted: int = 0
-    aborted: int = 0
-    orphans: int = 0
-    unanswered: int = 0
-    malformed: int = 0
-    partial: int = 0  # messages whose header decoded but not the rest of the body
-    violations: int = 0
-    resyncs: int = 0
-    errors: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -95,8 +76,14 @@ class _Partial:
     first_frame: int
 
 
-class OpcuaSession:
+class OpcuaSession(StreamSession):
     """One OPC UA connection: framing both directions, reassembly, pairing, events."""
+
+    DATASET = DATASET
+    NAMESPACE = "opcua"
+    HEADER = HEADER_SIZE
+    NOT_PROTOCOL = "not_opcua"
+    VIOLATION_MESSAGE = "bytes on an OPC UA port that are not OPC UA Binary chunks"
 
     def __init__(
         self,
@@ -107,55 +94,27 @@ class OpcuaSession:
         location: Callable[[int], str],
         timeout_us: int,
     ) -> None:
-        self.context = context
-        self.emit = emit
-        self.stats = stats
-        self.observer = observer
-        self.location = location
-        self.timeout_us = timeout_us
-        self.buffers = {True: b"", False: b""}
-        self.buffer_seq = {True: 0, False: 0}
-        self.synced = {True: False, False: False}
-        self.violated = {True: False, False: False}
+        super().__init__(context, emit, stats, observer, location, timeout_us)
+        self.stats: OpcuaStats = stats
         self.policies: dict[int, str] = {}  # secure channel -> security policy URI (from OPN)
         self.modes: dict[int, str] = {}  # secure channel -> security mode (OPN request)
         self.partial: dict[tuple[bool, int, int], _Partial] = {}
         self.in_flight: dict[tuple[int, int], _InFlight] = {}
-        self.tags = {d: context.stream_tag(DATASET, d) for d in (True, False)}
 
     # -- stream ------------------------------------------------------------------------------
 
-    def data(self, to_server: bool, data: bytes, ts_us: int, frame: int, seq: int) -> None:
-        """In-order bytes of one direction (``seq``: the first byte's TCP sequence number)."""
-        buffer = self.buffers[to_server]
-        if buffer:
-            start_seq, buffer = self.buffer_seq[to_server], buffer + data
-        else:
-            start_seq, buffer = seq, data
-        offset = 0
-        while True:
-            size = chunk_size(buffer[offset : offset + HEADER_SIZE])
-            if size == 0 or offset + size > len(buffer):
-                break
-            if size < 0:
-                skip = -1 if self.synced[to_server] else _resync(buffer, offset)
-                if skip > 0:  # a capture that starts mid-stream, or resumes after a gap
-                    self.stats.resyncs += 1
-                    offset += skip
-                    continue
-                self._violation(to_server, buffer[offset:], ts_us, frame, start_seq + offset)
-                offset = len(buffer)
-                break
-            self.synced[to_server] = True
-            self._chunk(to_server, buffer[offset : offset + size], ts_us, frame, start_seq + offset)
-            offset += size
-        self.buffers[to_server] = buffer[offset:]
-        self.buffer_seq[to_server] = (start_seq + offset) % (1 << 32)
+    def _size(self, head: bytes) -> int:
+        return chunk_size(head)
+
+    def _resync(self, buffer: bytes, offset: int) -> int:
+        return _resync(buffer, offset)
+
+    def _take(self, to_server: bool, data: bytes, ts_us: int, frame: int, seq: int) -> None:
+        self._chunk(to_server, data, ts_us, frame, seq)
 
     def gap(self, to_server: bool) -> None:
         """Bytes were lost: drop the partial chunk and messages; resynchronise."""
-        self.buffers[to_server] = b""
-        self.synced[to_server] = False
+        super().gap(to_server)
         for key in [k for k in self.partial if k[0] == to_server]:
             del self.partial[key]
 
@@ -330,7 +289,7 @@ class OpcuaSession:
                 fields["request_event_id"] = pending.event_id
                 fields["request_service"] = pending.service
         kind = "access" if service in _ACCESS else "info"
-        self._emit(to_server, ts_us, eid, _snake(action), fields, outcome, kind)
+        self._emit(to_server, ts_us, eid, snake_case(action), fields, outcome, kind)
 
     def _track(self, key: tuple[int, int], pending: _InFlight) -> None:
         if len(self.in_flight) >= MAX_IN_FLIGHT:  # report the oldest rather than grow
@@ -390,24 +349,6 @@ class OpcuaSession:
         }
         self._emit(to_server, ts_us, eid, "malformed_message", fields, "failure", "info")
 
-    def _violation(self, to_server: bool, data: bytes, ts_us: int, frame: int, seq: int) -> None:
-        self.stats.violations += 1
-        self._error(frame, "bytes on an OPC UA port that are not OPC UA Binary chunks")
-        if self.violated[to_server]:
-            return
-        self.violated[to_server] = True
-        eid = event_id(ts_us, DATASET, self.context.community_id, "violation", to_server, seq)
-        doc = self.context.event(to_server, ts_us, eid, DATASET, self.observer)
-        doc["event"].update(
-            {"action": "protocol_violation", "type": ["protocol", "info"], "outcome": "failure"}
-        )
-        doc["opcua"] = {"anomalies": ["not_opcua"], "raw": data[:64].hex()}
-        self.emit(doc)
-
-    def _error(self, frame: int, message: str) -> None:
-        if len(self.stats.errors) < 1000:
-            self.stats.errors.append((self.location(frame), message))
-
 
 def _resync(buffer: bytes, offset: int) -> int:
     """Bytes to skip from ``offset`` to the next plausible chunk header; -1 if none within 64 KiB."""
@@ -416,16 +357,6 @@ def _resync(buffer: bytes, offset: int) -> int:
         if chunk_size(buffer[start : start + HEADER_SIZE]) > 0:
             return start - offset
     return -1
-
-
-@functools.cache
-def _snake(name: str) -> str:
-    out = []
-    for i, c in enumerate(name):
-        if c.isupper() and i and not name[i - 1].isupper():
-            out.append("_")
-        out.append(c.lower())
-    return "".join(out)
 
 
 __all__ = ["DATASET", "SECURITY_MODES", "OpcuaSession", "OpcuaStats"]

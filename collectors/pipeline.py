@@ -23,7 +23,7 @@ from collectors.capture import Frame, RawFrame
 from collectors.modbus import plausible_adu
 from collectors.modbus_events import ModbusSession, ModbusStats
 from collectors.normalize import FlowContext
-from collectors.opcua_events import OpcuaSession, OpcuaStats
+from collectors.opcua import OpcuaStats
 from collectors.packet import TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet, decode
 from collectors.reassembly import Direction, Flow, FlowTable, StreamStats, flow_key
 from soc.config import CollectSettings
@@ -336,8 +336,10 @@ class Collector:
             "tcp", protocol, (*flow.client, client_mac), (*flow.server, server_mac)
         )
         source = self.source
-        session: ModbusSession | OpcuaSession
+        session: Any
         if protocol == "opcua":
+            from collectors.opcua_events import OpcuaSession  # asyncua: loaded when OPC UA is seen
+
             session = OpcuaSession(
                 context,
                 self.events.append,
