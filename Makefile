@@ -52,6 +52,7 @@ test: check pytest  ## what CI runs: ruff, mypy, pytest
 bench: install  ## benchmarks: each prints our figure beside the peer's
 	$(BIN)/python -m bench.store_ingest
 	$(BIN)/python -m bench.collect_modbus
+	$(BIN)/python -m bench.collect_opcua
 	$(BIN)/python -m bench.live_modbus
 	$(BIN)/python -m bench.detect
 	$(BIN)/python -m bench.api
