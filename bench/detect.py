@@ -59,11 +59,12 @@ TARGET_DELAY_S = 2.0
 
 
 def reference_events() -> list[dict[str, Any]]:
-    """The reference capture's events, collected once, in time order."""
+    """The reference capture's Modbus events, collected once, in time order."""
     from detectors.runner import collect_captures
     from soc.config import CollectSettings
 
     events = collect_captures([CAPTURE], CollectSettings(modbus_ports=(502, 5020)))
+    events = [e for e in events if e["event"]["dataset"] == "ics.modbus"]  # the Modbus events
     events.sort(key=lambda e: e["@timestamp"])
     return events
 

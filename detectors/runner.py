@@ -347,6 +347,20 @@ _LOGS = (  # the new events and the old ones of a plan's look-back
 )
 
 
+#: Protocol namespaces and their dataset: ``opcua.*`` is only read from ``ics.opcua`` events.
+_NAMESPACES = {"modbus": "ics.modbus", "opcua": "ics.opcua", "dlms": "ics.dlms", "mqtt": "ics.mqtt"}
+
+
+def _staged_field(name: str) -> str:
+    """A field's SQL for staging: a protocol's field is read only from that protocol's events
+    (others have none: NULL, as the JSON would say, without parsing it)."""
+    sql = field_sql(name)
+    dataset = _NAMESPACES.get(name.split(".", 1)[0])
+    if dataset is None or not sql.startswith(("json_extract", "(doc")):
+        return sql  # a column of its own, or a field every dataset has
+    return f"CASE WHEN dataset = '{dataset}' THEN {sql} END"
+
+
 class Staging:
     """One step's events, each field the plans read extracted from the JSON once.
 
@@ -369,7 +383,7 @@ class Staging:
         """``temp.<table>``: the events satisfying ``where``, marked new or not."""
         columns = ", ".join(
             ["id", "ts", f"{int(fresh)} AS _fresh"]
-            + [f"{field_sql(f)} AS {_quote(f)}" for f in self.fields]
+            + [f"{_staged_field(f)} AS {_quote(f)}" for f in self.fields]
         )
         started = time.perf_counter()
         self.execute(f"DROP TABLE IF EXISTS temp.{table}", ())
