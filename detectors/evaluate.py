@@ -131,7 +131,9 @@ def evaluate(
         expected = tuple(sorted(label["techniques"]))
         mine = [d for d in docs if _about(d, label)]
         alerted = tuple(sorted({t for d in mine for t in _techniques(d)} & set(expected)))
-        triggers = [_time(d["ics"]["alert"].get("triggered") or d["@timestamp"]) for d in mine]
+        triggers = [
+            parse_timestamp(d["ics"]["alert"].get("triggered") or d["@timestamp"]) for d in mine
+        ]
         scores.append(
             ScenarioScore(
                 label["scenario"],
@@ -161,10 +163,6 @@ def _about(doc: Mapping[str, Any], label: Mapping[str, Any]) -> bool:
     return label["attacker"] in doc.get("related", {}).get("ip", []) and bool(
         _techniques(doc) & set(label["techniques"])
     )
-
-
-def _time(text: str) -> int:
-    return parse_timestamp(text)
 
 
 def format_table(result: Evaluation) -> list[str]:

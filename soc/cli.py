@@ -20,9 +20,10 @@ import orjson
 
 from soc import __version__
 from soc.assets import FOLDS, ROLE_ALIASES, AssetDoc, AssetInventory
-from soc.config import Settings, iter_settings, load_settings
+from soc.clictx import parse_time as _time
+from soc.clictx import settings as _settings
+from soc.config import Settings, iter_settings
 from soc.errors import SocError, StoreError
-from soc.event import parse_timestamp
 from soc.store.base import AssetQuery, EventQuery, EventStore, iter_events, open_store
 from soc.types import Event
 
@@ -36,14 +37,6 @@ class _Group(click.Group):
         except SocError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
-
-
-def _settings(ctx: click.Context) -> Settings:
-    obj = ctx.find_root().obj
-    if "settings" not in obj:
-        obj["settings"] = load_settings(obj["config"])
-    settings: Settings = obj["settings"]
-    return settings
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -193,17 +186,6 @@ def _read_jsonl(source: IO[bytes], name: str, errors: list[str], collect: bool) 
             errors.append(str(error))
             continue
         yield doc
-
-
-def _time(value: str | None, option: str) -> int | None:
-    if value is None:
-        return None
-    for text in (value, value + "+00:00"):  # no zone given: UTC
-        try:
-            return parse_timestamp(text)
-        except ValueError:
-            continue
-    raise click.BadParameter(f"not an ISO 8601 time: {value!r}", param_hint=option)
 
 
 def _where(pairs: tuple[str, ...]) -> tuple[tuple[str, tuple[Any, ...]], ...]:

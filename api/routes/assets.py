@@ -24,7 +24,10 @@ class AssetList(BaseModel):
 
 
 def _with_sites(request: Request, principal: Principal, docs: list[dict[str, Any]]) -> list[Any]:
-    sites = site_map(state(request).settings)
+    app = state(request)
+    sites = app.cache.get("site_map")
+    if sites is None:  # the sites' networks parsed once, not per request
+        sites = app.cache["site_map"] = site_map(app.settings)
     out = []
     for doc in docs:
         site = sites.site_of(doc.get("ip"))

@@ -194,34 +194,32 @@ class IncidentTables:
         self, incident_id: str, limit: int, cursor: str | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of an incident's alerts, in time order."""
-        params: list[Any] = [incident_id]
-        sql = "SELECT seq, ts, doc FROM alerts WHERE incident_id = ?"
-        if cursor:
-            sql += " AND (ts, seq) > (?, ?)"
-            params += decode_cursor(cursor, 2)
-        sql += " ORDER BY ts, seq LIMIT ?"
-        params.append(limit + 1)
-        rows = self.store.read_rows(sql, params, "reading an incident's alerts")
-        rows, following = _page(rows, limit, 1, 0)
-        return [orjson.loads(r[2]) for r in rows], following
+        sql = "SELECT a.seq, a.ts, a.doc FROM alerts a WHERE a.incident_id = ?"
+        return self._forward(sql, "a", incident_id, limit, cursor, "reading an incident's alerts")
 
     def incident_events(
         self, incident_id: str, limit: int, cursor: str | None = None
     ) -> tuple[list[Event], str | None]:
         """One page of the events of an incident's alerts, in time order (each once)."""
-        params: list[Any] = [incident_id]
         sql = (
             "SELECT DISTINCT e.seq, e.ts, e.doc FROM alerts a"
             " JOIN alert_events ae ON ae.alert_id = a.id JOIN events e ON e.id = ae.event_id"
             " WHERE a.incident_id = ?"
         )
+        return self._forward(sql, "e", incident_id, limit, cursor, "reading an incident's events")
+
+    def _forward(
+        self, sql: str, alias: str, incident_id: str, limit: int, cursor: str | None, doing: str
+    ) -> tuple[list[Any], str | None]:
+        """A page of ``sql``'s ``(seq, ts, doc)`` rows of ``alias``, oldest first, after
+        ``cursor``; the documents parsed."""
+        params: list[Any] = [incident_id]
         if cursor:
-            sql += " AND (e.ts, e.seq) > (?, ?)"
+            sql += f" AND ({alias}.ts, {alias}.seq) > (?, ?)"
             params += decode_cursor(cursor, 2)
-        sql += " ORDER BY e.ts, e.seq LIMIT ?"
+        sql += f" ORDER BY {alias}.ts, {alias}.seq LIMIT ?"
         params.append(limit + 1)
-        rows = self.store.read_rows(sql, params, "reading an incident's events")
-        rows, following = _page(rows, limit, 1, 0)
+        rows, following = _page(self.store.read_rows(sql, params, doing), limit, 1, 0)
         return [orjson.loads(r[2]) for r in rows], following
 
     def list_alerts(
