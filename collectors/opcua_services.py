@@ -1,10 +1,13 @@
-"""OPC UA service messages (OPC 10000-4, encoded as OPC 10000-6 5.2): decoded by asyncua's binary
-codec (``asyncua.ua.ua_binary``), which knows every structure of the standard namespace, and the
-fields an analyst needs picked from them (:func:`service_fields`). Pure functions, no I/O.
+"""OPC UA service messages (OPC 10000-4, encoded as OPC 10000-6 5.2), decoded with asyncua's
+definitions of every structure of the standard namespace, and the fields an analyst needs picked
+from them (:func:`service_fields`). Pure functions, no I/O.
 
-A body that does not decode (encrypted, truncated) is never guessed at: :func:`decode_service`
-raises, or keeps the header alone when only the rest fails. Two asyncua 2.1 mistakes are
-corrected at import, for decoding only: a nested DiagnosticInfo, and DataTypeAttributes.
+:func:`decode_service` reads a body with the lean decoder built from those definitions
+(:mod:`collectors.opcua_codec`, about ten times faster) and, when that one cannot, with asyncua's
+own codec (``asyncua.ua.ua_binary``, the reference: :func:`reference_decode`). A body that does
+not decode (encrypted, truncated) is never guessed at: it raises, or keeps the header alone when
+only the rest fails. Two asyncua 2.1 mistakes are corrected at import, for decoding only: a
+nested DiagnosticInfo, and DataTypeAttributes (:mod:`collectors.opcua_codec`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,13 @@ from asyncua.ua import ua_binary
 from asyncua.ua.status_codes import get_name_and_doc
 
 from collectors.opcua import SECURITY_MODES
+from collectors.opcua_codec import (
+    CodecError,
+    StatusCode,
+    Struct,
+    decode_structure,
+    service_class,
+)
 from soc.errors import DissectError
 
 _MAX_DIAGNOSTIC_DEPTH = 16
@@ -77,29 +87,23 @@ def _fix_diagnostic_info() -> None:
 _fix_diagnostic_info()
 
 
-def _fix_data_type_attributes() -> None:
-    """asyncua 2.1 registers its own ``DataTypeAttributes`` for the encoding i=372, with a
-    ``DataTypeDefinition`` field the specification does not have (its own FIXME says so), so a
-    standard AddNodes request for a DataType node runs out of bytes. The specification's type
-    (asyncua's generated one) decodes it."""
-    from asyncua.ua import uaprotocol_auto
-
-    encoding = ua.NodeId(ua.Int32(372), ua.Int16(0))
-    standard = getattr(uaprotocol_auto, "DataTypeAttributes", None)
-    if standard is not None and ua.extension_objects_by_typeid.get(encoding) is not standard:
-        ua.extension_objects_by_typeid[encoding] = standard
-
-
-_fix_data_type_attributes()
+@functools.lru_cache(maxsize=4096)
+def status_name(code: int) -> str:
+    """The symbolic name of a StatusCode (OPC 10000-6 A.2), ``Unknown`` when it has none."""
+    try:
+        return str(get_name_and_doc(code)[0])
+    except (KeyError, ValueError):
+        return "Good" if code == 0 else "Unknown"
 
 
 def status_fields(code: int) -> dict[str, Any]:
     """``status_code`` (hex, as OPC UA writes them) and its symbolic name."""
-    try:
-        name = get_name_and_doc(code)[0]
-    except (KeyError, ValueError):
-        name = "Good" if code == 0 else "Unknown"
-    return {"status_code": f"0x{code:08X}", "status_name": name}
+    return {"status_code": f"0x{code:08X}", "status_name": status_name(code)}
+
+
+def _code(value: Any) -> int:
+    """A StatusCode's value, from either decoder."""
+    return int(value) if isinstance(value, int) else int(value.value)
 
 
 @dataclass
@@ -117,7 +121,42 @@ class Service:
 
 def decode_service(body: bytes) -> Service:
     """The service message of a whole (reassembled) body; a :class:`DissectError` when the
-    encoding is not a known standard type or the bytes do not decode (encrypted, truncated)."""
+    encoding is not a known standard type or the bytes do not decode (encrypted, truncated).
+
+    Read by the lean decoder (:mod:`collectors.opcua_codec`) alone: asyncua's codec is not a
+    fallback, as a crafted message can hold it for minutes (a Variant array of a billion Null
+    elements, each read from no bytes)."""
+    try:
+        cls, type_id, start = service_class(body)
+    except CodecError as exc:
+        raise DissectError(str(exc)) from exc
+    try:
+        value, trailing = decode_structure(cls, body)
+    except CodecError as exc:
+        error = f"{cls.__name__} does not decode: {exc}"[:200]
+        header_type = _header_type(cls.__name__)
+        if header_type is None:
+            raise DissectError(error) from exc
+        try:
+            header, _ = decode_structure(header_type, body, start)
+        except CodecError:
+            raise DissectError(error) from exc
+        return Service(type_id, cls.__name__, None, 0, header, error)
+    return Service(type_id, cls.__name__, value, trailing)
+
+
+def _header_type(name: str) -> Any:
+    """The header a service message starts with, by its name."""
+    if name.endswith(("Response", "Fault")):
+        return ua.ResponseHeader
+    if name.endswith("Request"):
+        return ua.RequestHeader
+    return None
+
+
+def reference_decode(body: bytes) -> Service:
+    """:func:`decode_service` with asyncua's codec (the reference the lean decoder is tested
+    against; not used on captured traffic, see :func:`decode_service`)."""
     buffer = Buffer(body)
     try:
         type_id = ua_binary.nodeid_from_binary(buffer)
@@ -131,11 +170,7 @@ def decode_service(body: bytes) -> Service:
         value: Any = ua_binary.struct_from_binary(cls, buffer)
     except Exception as exc:  # asyncua raises many kinds on bad bytes
         error = f"{cls.__name__} does not decode: {type(exc).__name__}: {exc}"[:200]
-        header_type: Any = None
-        if cls.__name__.endswith(("Response", "Fault")):
-            header_type = ua.ResponseHeader
-        elif cls.__name__.endswith("Request"):
-            header_type = ua.RequestHeader
+        header_type = _header_type(cls.__name__)
         if header_type is None:
             raise DissectError(error) from exc
         rest = Buffer(body)
@@ -153,18 +188,39 @@ def decode_service(body: bytes) -> Service:
 
 def node(value: Any) -> str | None:
     """A NodeId as OPC UA writes it (``ns=2;s=Tank.Level``, ``i=2258``)."""
-    if value is None:
-        return None
+    if value is None or type(value) is str:
+        return value
     try:
         return str(value.to_string())
     except Exception:
         return str(value)
 
 
+_SCALARS = frozenset({type(None), bool, int, float, str})
+_HIDDEN = frozenset({"TypeId", "Encoding"})  # the wire's, not the value's
+MAX_DEPTH = 6
+
+
 def plain(value: Any, depth: int = 0) -> Any:
-    """A decoded value as JSON: numbers, strings, lists; NodeIds as text, bytes as hex,
-    times ISO 8601, structures as objects of their fields (at most 4 levels deep)."""
-    if value is None or isinstance(value, bool | int | float | str):
+    """A decoded value (of either decoder) as JSON: numbers, strings, lists; NodeIds as text,
+    bytes as hex, times ISO 8601, status codes by name, structures as objects of their fields
+    (at most :data:`MAX_DEPTH` levels deep, then their type's name)."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if isinstance(value, Struct):
+        if value._name == "DataValue":
+            return plain(value[1], depth)  # its Value (after its Encoding mask)
+        if depth >= MAX_DEPTH:
+            return value._name
+        return {
+            snake_case(k): plain(v, depth + 1)
+            for k, v in zip(value._fields, value, strict=True)
+            if k not in _HIDDEN
+        }
+    if kind is StatusCode:
+        return status_name(value)
+    if isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, bytes):
         return value.hex()
@@ -175,7 +231,7 @@ def plain(value: Any, depth: int = 0) -> Any:
     if isinstance(value, ua.NodeId):
         return node(value)
     if isinstance(value, ua.StatusCode):
-        return status_fields(int(value.value))["status_name"]
+        return status_name(int(value.value))
     if isinstance(value, ua.Variant):
         return plain(value.Value, depth)
     if isinstance(value, ua.DataValue):
@@ -186,11 +242,13 @@ def plain(value: Any, depth: int = 0) -> Any:
         return f"{value.NamespaceIndex}:{value.Name}" if value.NamespaceIndex else value.Name
     if isinstance(value, list | tuple):
         return [plain(v, depth + 1) for v in value[:100]]
-    if depth >= 4:
-        return str(value)[:200]
     fields = getattr(value, "__dataclass_fields__", None)
     if fields:
-        return {snake_case(k): plain(getattr(value, k), depth + 1) for k in fields if k != "TypeId"}
+        if depth >= MAX_DEPTH:
+            return type(value).__name__
+        return {
+            snake_case(k): plain(getattr(value, k), depth + 1) for k in fields if k not in _HIDDEN
+        }
     return str(value)[:200]
 
 
@@ -228,7 +286,7 @@ def service_fields(service: Service) -> dict[str, Any]:
             out["timestamp"] = header.Timestamp.isoformat()
         result = getattr(header, "ServiceResult", None)
         if result is not None:
-            out.update(status_fields(int(result.value)))
+            out.update(status_fields(_code(result)))
     if value is None:  # only the header decoded
         out["anomalies"] = ["undecoded_body"]
         out["decode_error"] = service.error
