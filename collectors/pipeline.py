@@ -166,6 +166,8 @@ class Collector:
         stats = self.stats
         sides = self.flows.sides
         unpack = _ETH_IPV4_TCP.unpack_from
+        unpack4, unpack6 = _IPV4_TCP.unpack_from, _IPV6_TCP.unpack_from
+        link_ip = _LINK_IP
         frames = tcp = 0
         try:
             for number, ts_us, linktype, data in batch:
@@ -191,17 +193,46 @@ class Collector:
                     else:
                         payload = data[start:end]
                 else:
-                    packet = decode(linktype, data)
-                    if not isinstance(packet, Packet):
-                        stats.not_decoded[packet.reason] += 1
-                        continue
-                    if packet.transport != TCP:
-                        if ts_us >= self._next_tick:
-                            self._tick(ts_us)
-                        stats.udp += 1  # UDP protocols (DLMS over UDP) arrive with their issue
-                        continue
-                    (src_mac, dst_mac, src, dst, _, sport, dport, seq, ack, flags,
-                     payload) = packet  # fmt: skip
+                    # a fixed link header (BSD loopback, raw IP, Linux cooked) or Ethernet's
+                    # IPv6, then IPv4 with no options or IPv6 with no extension, then TCP
+                    ip = link_ip.get((linktype, data[: _LINK_KEY.get(linktype, 0)]), -1)
+                    if ip < 0 and linktype == 1 and data[12:14] == b"\x86\xdd":
+                        ip = 14
+                    fast = False
+                    if ip >= 0 and len(data) >= ip + 40:
+                        head = data[ip]
+                        if head == 0x45 and data[ip + 9] == 6:
+                            (total, fragment, src, dst, sport, dport, seq, ack, offset,
+                             flags) = unpack4(data, ip)  # fmt: skip
+                            end = ip + total
+                            start = ip + 20 + (offset >> 4) * 4
+                            fast = not (
+                                fragment & 0x3FFF or offset < 0x50 or start > end or end > len(data)
+                            )
+                        elif head >> 4 == 6 and data[ip + 6] == 6 and len(data) >= ip + 60:
+                            (length, src, dst, sport, dport, seq, ack, offset,
+                             flags) = unpack6(data, ip)  # fmt: skip
+                            end = ip + 40 + length
+                            start = ip + 40 + (offset >> 4) * 4
+                            fast = not (offset < 0x50 or start > end or end > len(data))
+                    if fast:
+                        payload = data[start:end]
+                        if linktype == 1:
+                            dst_mac, src_mac = data[0:6], data[6:12]
+                        else:
+                            dst_mac = src_mac = b""
+                    else:
+                        packet = decode(linktype, data)
+                        if not isinstance(packet, Packet):
+                            stats.not_decoded[packet.reason] += 1
+                            continue
+                        if packet.transport != TCP:
+                            if ts_us >= self._next_tick:
+                                self._tick(ts_us)
+                            stats.udp += 1  # UDP protocols (DLMS over UDP) arrive with their issue
+                            continue
+                        (src_mac, dst_mac, src, dst, _, sport, dport, seq, ack, flags,
+                         payload) = packet  # fmt: skip
                 tcp += 1
                 if ts_us >= self._next_tick:
                     self._tick(ts_us)
@@ -387,3 +418,20 @@ class Collector:
 
 #: Ethernet, IPv4 with no options, TCP up to its flags: the hot loop's one ``struct`` call
 _ETH_IPV4_TCP = struct.Struct("!6s6sHBxHxxHxB2x4s4sHHIIBB")
+#: IPv4 with no options then TCP, from the IP header: total length, fragment, addresses, ports,
+#: sequence and acknowledgement numbers, data offset, flags
+_IPV4_TCP = struct.Struct("!2xH2xH4x4s4sHHIIBB")
+#: IPv6 with TCP as next header then TCP: payload length, addresses, ports, ..., flags
+_IPV6_TCP = struct.Struct("!4xH2x16s16sHHIIBB")
+#: (link type, the link header's bytes that say IP) -> where the IP header starts; the bytes
+#: compared are the first _LINK_KEY[link type] of the frame (none for raw IP)
+_LINK_KEY = {0: 4, 108: 4}
+_LINK_IP: dict[tuple[int, bytes], int] = {
+    **{
+        (0, family.to_bytes(4, order)): 4
+        for family in (2, 24, 28, 30)
+        for order in ("little", "big")
+    },
+    **{(108, family.to_bytes(4, "big")): 4 for family in (2, 24, 28, 30)},
+    **{(linktype, b""): 0 for linktype in (12, 14, 101, 228, 229)},
+}
