@@ -103,6 +103,10 @@ _PRIMITIVE_FORMATS = {
     "Float": "<f",
 }
 _PRIMITIVES: dict[str, Decoder] = {k: _primitive(v) for k, v in _PRIMITIVE_FORMATS.items()}
+#: decoders of fixed-size values: their ``struct`` code and what turns the number into the value
+_FIXED: dict[Decoder, tuple[str, Callable[[Any], Any] | None]] = {
+    _PRIMITIVES[k]: (v[1], None) for k, v in _PRIMITIVE_FORMATS.items()
+}
 _I32 = struct.Struct("<i").unpack_from
 _U16 = struct.Struct("<H").unpack_from
 _H16 = struct.Struct("<h").unpack_from
@@ -241,15 +245,24 @@ def _status_code(data: bytes, pos: int) -> tuple[StatusCode, int]:
     return StatusCode(_U32(data, pos)[0]), pos + 4
 
 
+_FIXED[_datetime] = ("q", win_epoch_to_datetime)
+_FIXED[_status_code] = ("I", StatusCode)
+
+
+#: shared, never changed: most headers carry an empty DiagnosticInfo and AdditionalHeader
+_NO_DIAGNOSTICS = ua.DiagnosticInfo()
+_EMPTY_EXTENSION_OBJECT = ua.ExtensionObject()
+
+
 def _diagnostic_info(data: bytes, pos: int, depth: int = 0) -> tuple[Any, int]:
     """As :func:`collectors.opcua_services._diagnostic_info` (asyncua's object, rare)."""
     if depth > _MAX_DIAGNOSTIC_DEPTH:
         raise CodecError(f"DiagnosticInfo nested deeper than {_MAX_DIAGNOSTIC_DEPTH}")
     mask = data[pos]
     pos += 1
-    info: Any = ua.DiagnosticInfo()
     if not mask:
-        return info, pos
+        return _NO_DIAGNOSTICS, pos
+    info: Any = ua.DiagnosticInfo()
     if mask & 0x01:
         (info.SymbolicId,), pos = _I32(data, pos), pos + 4
     if mask & 0x02:
@@ -288,7 +301,7 @@ def _extension_object(data: bytes, pos: int) -> tuple[Any, int]:
                 raise CodecError(f"an ExtensionObject body of {length} ({len(data) - pos} left)")
             body, pos = data[pos:end], end
     if ident == 0:
-        return ua.ExtensionObject(), pos
+        return _EMPTY_EXTENSION_OBJECT, pos
     cls = _EXTENSION_CLASSES.get((ns, ident))
     if cls is not None:
         decode = struct_decoder(cls)
@@ -483,11 +496,15 @@ def _enum(cls: type[Enum]) -> Decoder:
         unpack = _PRIMITIVES["Int32"]
     members = cls._value2member_map_
 
+    def member(value: int) -> Any:
+        found = members.get(value)
+        return found if found is not None else cls(value)
+
     def decode(data: bytes, pos: int) -> tuple[Any, int]:
         value, pos = unpack(data, pos)
-        member = members.get(value)
-        return (member if member is not None else cls(value)), pos
+        return member(value), pos
 
+    _FIXED[decode] = (_FIXED[unpack][0], member)
     return decode
 
 
@@ -534,34 +551,59 @@ def struct_decoder(cls: Any) -> Decoder:
             defaults.append(field.default_factory())
         else:
             defaults.append(None)
-    out_cls = struct_class(cls.__name__, tuple(f.name for f in fields))
-    new = tuple.__new__
+    return _compile(
+        cls.__name__, struct_class(cls.__name__, tuple(f.name for f in fields)), steps, defaults
+    )
 
-    if all(optional == 0 for _, optional, _ in steps):
-        decoders = [decoder for _, _, decoder in steps]
 
-        def plain_struct(data: bytes, pos: int) -> tuple[Any, int]:
-            values: list[Any] = []
-            append = values.append
-            for decoder in decoders:
-                value, pos = decoder(data, pos)
-                append(value)
-            return new(out_cls, values), pos
+def _compile(
+    name: str, out_cls: type[Struct], steps: list[tuple[int, int, Decoder]], defaults: list[Any]
+) -> Decoder:
+    """One structure's decoder as Python source, compiled: runs of fixed-size fields (numbers,
+    DateTime, StatusCode, enumerations) read with one ``struct`` call, the others by their
+    decoders, an optional field only when its bit of the mask is set."""
+    namespace: dict[str, Any] = {"new": tuple.__new__, "cls": out_cls}
+    lines = ["def decode(data, pos):", "    mask = 0"]
+    run: list[tuple[int, str, Callable[[Any], Any] | None]] = []
 
-        return plain_struct
+    def flush() -> None:
+        if not run:
+            return
+        fmt = "<" + "".join(code for _, code, _ in run)
+        unpack = f"u{run[0][0]}"
+        namespace[unpack] = struct.Struct(fmt).unpack_from
+        lines.append(f"    {''.join(f'v{i}, ' for i, _, _ in run)}= {unpack}(data, pos)")
+        lines.append(f"    pos += {struct.calcsize(fmt)}")
+        for i, _, convert in run:
+            if convert is not None:
+                namespace[f"c{i}"] = convert
+                lines.append(f"    v{i} = c{i}(v{i})")
+        run.clear()
 
-    def optional_struct(data: bytes, pos: int) -> tuple[Any, int]:
-        values = defaults.copy()
-        mask = 0
-        for index, optional, decoder in steps:
-            if optional == -1:
-                mask, pos = decoder(data, pos)
-                values[index] = mask
-            elif not optional or mask & optional:
-                values[index], pos = decoder(data, pos)
-        return new(out_cls, values), pos
-
-    return optional_struct
+    for index, optional, decoder in steps:
+        fixed = _FIXED.get(decoder)
+        if fixed is not None and optional == 0:
+            run.append((index, *fixed))
+            continue
+        flush()
+        namespace[f"d{index}"] = decoder
+        if optional == -1:  # the Encoding mask
+            lines.append(f"    v{index}, pos = d{index}(data, pos)")
+            lines.append(f"    mask = v{index}")
+        elif optional:
+            namespace[f"f{index}"] = defaults[index]
+            lines.append(f"    if mask & {optional}:")
+            lines.append(f"        v{index}, pos = d{index}(data, pos)")
+            lines.append("    else:")
+            lines.append(f"        v{index} = f{index}")
+        else:
+            lines.append(f"    v{index}, pos = d{index}(data, pos)")
+    flush()
+    values = "".join(f"v{index}, " for index, _, _ in steps)
+    lines.append(f"    return new(cls, ({values})), pos")
+    exec(compile("\n".join(lines), f"<opcua decoder of {name}>", "exec"), namespace)  # noqa: S102 - source built above from asyncua's definitions
+    decode: Decoder = namespace["decode"]
+    return decode
 
 
 def _union(cls: Any) -> Decoder:
