@@ -39,6 +39,7 @@ from collectors.opcua import (
     parse_chunk,
 )
 from collectors.opcua_services import decode_service, service_fields, snake_case
+from collectors.opcua_services import node as node_text
 from collectors.session import StreamSession
 from soc.errors import DissectError
 from soc.event import event_id, stream_event_id
@@ -48,6 +49,7 @@ DATASET = "ics.opcua"
 MAX_IN_FLIGHT = 4096  # requests awaiting a response per flow
 MAX_PARTIAL = 64  # messages being reassembled per flow
 MAX_MESSAGE = 1 << 26  # 64 MiB: a message reassembled beyond is dropped (counted)
+MAX_SESSIONS = 1024  # sessions followed per flow
 #: Requests without a response (CLO), and requests a server holds until it has notifications.
 _NO_ANSWER = frozenset({"CloseSecureChannelRequest"})
 _HELD = frozenset({"PublishRequest"})
@@ -62,6 +64,8 @@ class _InFlight:
     frame: int
     event_id: str
     service: str
+    token: str | None = None  # the session's AuthenticationToken (never emitted: a secret)
+    session: dict[str, Any] | None = None  # what the request said of its session
 
     @property
     def held(self) -> bool:
@@ -100,6 +104,9 @@ class OpcuaSession(StreamSession):
         self.modes: dict[int, str] = {}  # secure channel -> security mode (OPN request)
         self.partial: dict[tuple[bool, int, int], _Partial] = {}
         self.in_flight: dict[tuple[int, int], _InFlight] = {}
+        #: AuthenticationToken -> the session it stands for: its id and name (CreateSession),
+        #: the identity that activated it (ActivateSession)
+        self.sessions: dict[str, dict[str, Any]] = {}
 
     # -- stream ------------------------------------------------------------------------------
 
@@ -250,10 +257,24 @@ class OpcuaSession(StreamSession):
             self.modes[channel] = record["security_mode"]
             fields["security_mode"] = record.pop("security_mode")
         fields.update(record)
-        self._message_event(to_server, ts_us, eid, fields, frame)
+        token = None
+        if service.name.endswith("Request"):
+            header = service.header or getattr(service.value, "RequestHeader", None)
+            token = _token(getattr(header, "AuthenticationToken", None))
+            session = self.sessions.get(token) if token is not None else None
+            if session is not None:
+                fields["session"] = {**session, **fields.get("session", {})}
+        self._message_event(to_server, ts_us, eid, fields, frame, token, service.value)
 
     def _message_event(
-        self, to_server: bool, ts_us: int, eid: str, fields: dict[str, Any], frame: int | None
+        self,
+        to_server: bool,
+        ts_us: int,
+        eid: str,
+        fields: dict[str, Any],
+        frame: int | None,
+        token: str | None = None,
+        value: Any = None,
     ) -> None:
         service = fields.get("service")
         channel, request = fields.get("secure_channel_id", 0), fields.get("request_id")
@@ -264,7 +285,10 @@ class OpcuaSession(StreamSession):
             action = service[: -len("Request")]
             self.stats.requests += 1
             if request is not None and service not in _NO_ANSWER:
-                self._track((channel, request), _InFlight(ts_us, fields["frame"], eid, service))
+                pending = _InFlight(
+                    ts_us, fields["frame"], eid, service, token, fields.get("session")
+                )
+                self._track((channel, request), pending)
         else:
             action = service[: -len("Response")] if service.endswith("Response") else service
             self.stats.responses += 1
@@ -288,8 +312,34 @@ class OpcuaSession(StreamSession):
                 fields["request_frame"] = pending.frame
                 fields["request_event_id"] = pending.event_id
                 fields["request_service"] = pending.service
+                if outcome == "success" and value is not None:
+                    self._follow_session(service, pending, value)
+                if pending.session:
+                    fields["session"] = {**pending.session, **fields.get("session", {})}
         kind = "access" if service in _ACCESS else "info"
         self._emit(to_server, ts_us, eid, snake_case(action), fields, outcome, kind)
+
+    def _follow_session(self, service: str, request: _InFlight, value: Any) -> None:
+        """A session created, activated (with an identity) or closed, as its response says."""
+        if service == "CreateSessionResponse":
+            token = _token(getattr(value.Parameters, "AuthenticationToken", None))
+            if token is not None:
+                asked = request.session or {}
+                session = {"session_id": node_text(value.Parameters.SessionId)}
+                if asked.get("name") is not None:
+                    session["name"] = asked["name"]
+                if len(self.sessions) >= MAX_SESSIONS:  # forget the oldest rather than grow
+                    del self.sessions[next(iter(self.sessions))]
+                self.sessions[token] = session
+        elif service == "ActivateSessionResponse" and request.token is not None:
+            session = self.sessions.setdefault(request.token, {})
+            for key in ("identity_token", "user_name", "policy_id"):
+                if request.session and key in request.session:
+                    session[key] = request.session[key]
+                else:
+                    session.pop(key, None)
+        elif service == "CloseSessionResponse" and request.token is not None:
+            self.sessions.pop(request.token, None)
 
     def _track(self, key: tuple[int, int], pending: _InFlight) -> None:
         if len(self.in_flight) >= MAX_IN_FLIGHT:  # report the oldest rather than grow
@@ -348,6 +398,12 @@ class OpcuaSession(StreamSession):
             "raw": data[:64].hex(),
         }
         self._emit(to_server, ts_us, eid, "malformed_message", fields, "failure", "info")
+
+
+def _token(value: Any) -> str | None:
+    """An AuthenticationToken as a key (None when null: before a session exists)."""
+    text = node_text(value)
+    return None if text in (None, "i=0") else text
 
 
 def _resync(buffer: bytes, offset: int) -> int:

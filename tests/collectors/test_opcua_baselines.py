@@ -18,6 +18,9 @@ HEL/ACK fields. Nothing expected is derived from our own output.
 
 from __future__ import annotations
 
+import json
+import re
+import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -126,3 +129,57 @@ def test_encrypted_channel_is_recorded_not_decoded() -> None:
     assert all(o["encrypted"] for o in opn if o.get("security_policy_uri", "").endswith("Sha256"))
     assert all("service" not in o for o in opn if o.get("encrypted"))
     assert any(o.get("security_policy_uri", "").endswith("#Basic256Sha256") for o in opn)
+
+
+_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _spec_guid(wire: str) -> str:
+    """ICSNPP prints a Guid's 16 bytes in wire order; OPC 10000-6 5.1.3 encodes Data1, Data2 and
+    Data3 little-endian, so its text form swaps those (as tshark and asyncua print it)."""
+    return str(uuid.UUID(bytes_le=bytes.fromhex(wire.replace("-", ""))))
+
+
+def _log(case: str, name: str) -> list[list[str]]:
+    log = corpus_path(f"icsnpp-opcua-binary/tests/baseline/{case}/opcua_binary_{name}.log")
+    return [line.split("\t") for line in log.read_text().splitlines() if line[:1] != "#"]
+
+
+def test_sessions_carry_icsnpp_session_id_and_identity() -> None:
+    """ICSNPP's create-session and activate-session logs give the session id, the
+    AuthenticationToken and the user; every request of that session after its activation
+    carries the id and the identity, and neither the token (a bearer secret) nor the password
+    appears in any event."""
+    events = _events(corpus_path(CASES["analyzer.basic"]))
+    (response,) = [r for r in _log("analyzer.basic", "create_session") if r[6] == "F"]
+    guids = [(i, c) for i, c in enumerate(response) if _GUID.fullmatch(c)]
+    (at_id, session_guid), (_, token_guid) = guids[:2]
+    session_id = (
+        f"ns={response[at_id - 3]};g={_spec_guid(session_guid)}"  # encoding, ns, -, -, guid
+    )
+    (activate,) = [r for r in _log("analyzer.basic", "activate_session") if r[6] == "T"]
+    kind = activate.index("UserNameIdentityToken")
+    policy, user, password = activate[kind + 2 : kind + 5]
+    identity = {
+        "session_id": session_id,
+        "identity_token": "username",
+        "user_name": user,
+        "policy_id": policy,
+    }
+
+    created = [e for e in events if e["opcua"].get("service") == "CreateSessionResponse"]
+    assert [e["opcua"]["session"]["session_id"] for e in created] == [session_id]
+    services = [e["opcua"].get("service", "") for e in events]
+    start = services.index("ActivateSessionResponse") + 1
+    end = services.index("CloseSessionRequest") if "CloseSessionRequest" in services else None
+    requests = [
+        e["opcua"]
+        for e in events[start:end]
+        if e["opcua"].get("service", "").endswith("Request") and "request_id" in e["opcua"]
+    ]
+    assert len(requests) >= 5
+    for request in requests:
+        assert {k: request["session"].get(k) for k in identity} == identity, request["service"]
+    text = json.dumps(events)
+    for secret in (token_guid, _spec_guid(token_guid), password):
+        assert secret not in text
