@@ -5,8 +5,8 @@ their chunks, requests paired with responses, one ECS event per message.
   captured: HEL, ACK, ERR, RHE, and every OPN, MSG and CLO once its final chunk arrives
   (``opcua.chunks`` counts them; an abort chunk gives an ``abort`` event with its status code and
   reason). Chunks are reassembled per direction, secure channel and request id.
-- **Services** are decoded with asyncua's binary codec (:mod:`collectors.opcua_services`); the event names
-  the service (``opcua.service``, e.g. ``ReadRequest``) and its fields. A body that does not
+- **Services** are decoded by :mod:`collectors.opcua_services` (the lean decoder built from
+  asyncua's type definitions); the event names the service (``opcua.service``, e.g. ``ReadRequest``) and its fields. A body that does not
   decode on a channel whose security policy is not None (Sign and Encrypt, or asymmetrically
   encrypted OPN) is recorded with its metadata and ``opcua.encrypted: true``; on a channel known
   to be unsecured it is ``malformed`` and a counted parse error.
@@ -17,6 +17,9 @@ their chunks, requests paired with responses, one ECS event per message.
   has notifications). An OpenSecureChannel response is paired with a request sent on channel 0
   (before the server assigned the channel id). A response with no request seen (a capture that starts mid-session) is decoded all the
   same and flagged ``orphan``.
+- **Sessions.** A request's AuthenticationToken (never emitted: it is a bearer secret) names
+  the session CreateSession opened; requests and responses carry ``opcua.session.session_id``
+  and the identity ActivateSession activated it with.
 - **Mid-session captures** (no HEL or OPN seen): the stream is resynchronised on the first
   plausible chunk header and every message that decodes is kept.
 """

@@ -86,6 +86,8 @@ def test_the_demo_runs_the_lab_collects_detects_and_serves(tmp_path: Path) -> No
         assert alerts >= 5  # the Modbus attacks raise alerts
         assert "  alert: " in out  # said as they were raised, while the lab ran
         assert "Modbus request flood" in out
+        assert "opcua_anonymous_login" in out  # the OPC UA attacks ran, were dissected, alerted
+        assert "OPC UA session activated anonymously" in out
         incidents = int(out.split("Incidents (")[1].split("): ")[1].split()[0])
         assert incidents >= 1
         assert "Traceback" not in out
