@@ -44,6 +44,8 @@ NONE_POLICY = "http://opcfoundation.org/UA/SecurityPolicy#None"
 SECURITY_MODES = {1: "None", 2: "Sign", 3: "SignAndEncrypt"}
 _U32 = struct.Struct("<I")
 _HEADER = struct.Struct("<3ssI")
+#: a MSG or CLO chunk after its header: secure channel id, token id, sequence number, request id
+_SYMMETRIC = struct.Struct("<IIII")
 _HELLO = struct.Struct("<IIIII")
 
 
@@ -102,6 +104,12 @@ def plausible(payload: bytes) -> bool:
 def parse_chunk(data: bytes) -> Chunk:
     """The header and security/sequence headers of one whole chunk (``len(data)`` = its size)."""
     kind, chunk_type, size = _HEADER.unpack_from(data)
+    if (kind == b"MSG" or kind == b"CLO") and len(data) >= 24:  # the usual case: one unpack
+        channel, token, sequence, request = _SYMMETRIC.unpack_from(data, HEADER_SIZE)
+        return Chunk(
+            kind.decode(), chunk_type.decode(), size, channel, None, None, None, token,
+            sequence, request, data[24:],
+        )  # fmt: skip
     chunk = Chunk(kind.decode(), chunk_type.decode(), size)
     reader = _Reader(data, HEADER_SIZE)
     if kind in (b"HEL", b"ACK", b"ERR", b"RHE"):
