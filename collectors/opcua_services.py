@@ -457,6 +457,41 @@ def _cancel(out: dict[str, Any], p: Any) -> None:
     out["cancel_request_handle"] = p.RequestHandle
 
 
+def _publish(out: dict[str, Any], p: Any) -> None:
+    out["acknowledgements"] = [
+        {"subscription_id": a.SubscriptionId, "sequence_number": a.SequenceNumber}
+        for a in (p.SubscriptionAcknowledgements or [])[:100]
+    ]
+
+
+def _publish_response(out: dict[str, Any], p: Any) -> None:
+    out["subscription_id"] = p.SubscriptionId
+    out["more_notifications"] = p.MoreNotifications
+    _notification_message(out, p)
+
+
+def _notification_message(out: dict[str, Any], p: Any) -> None:
+    """The notifications of a Publish or Republish answer: values of monitored items (client
+    handle and value), events, status changes."""
+    message = p.NotificationMessage
+    if message is None:
+        return
+    out["notification"] = {
+        "sequence_number": message.SequenceNumber,
+        "publish_time": plain(message.PublishTime),
+        "data": [plain(n) for n in (message.NotificationData or [])[:20]],
+    }
+
+
+def _republish(out: dict[str, Any], p: Any) -> None:
+    out["subscription_id"] = p.SubscriptionId
+    out["retransmit_sequence_number"] = p.RetransmitSequenceNumber
+
+
+def _close_session(out: dict[str, Any], p: Any) -> None:
+    out["delete_subscriptions"] = p.DeleteSubscriptions
+
+
 def _find_servers(out: dict[str, Any], p: Any) -> None:
     out["endpoint_url"] = p.EndpointUrl
 
@@ -485,4 +520,14 @@ _EXTRACT = {
     "OpenSecureChannelResponse": _open_channel_response,
     "CreateSubscriptionRequest": _subscription,
     "CancelRequest": _cancel,
+    "PublishRequest": _publish,
+    "PublishResponse": _publish_response,
+    "RepublishRequest": _republish,
+    "RepublishResponse": _notification_message,
+    "CloseSessionRequest": _close_session,
+    "HistoryReadResponse": _results,
+    "HistoryUpdateResponse": _results,
+    "AddNodesResponse": _results,
+    "DeleteNodesResponse": _results,
+    "CreateMonitoredItemsResponse": _results,
 }
