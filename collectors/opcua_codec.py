@@ -551,9 +551,30 @@ def struct_decoder(cls: Any) -> Decoder:
             defaults.append(field.default_factory())
         else:
             defaults.append(None)
+    if cls is ua.DataValue:
+        steps = _spec_order(steps, [f.name for f in fields])
     return _compile(
         cls.__name__, struct_class(cls.__name__, tuple(f.name for f in fields)), steps, defaults
     )
+
+
+#: OPC 10000-6 5.2.2.17: a DataValue's source picoseconds come right after its source timestamp;
+#: asyncua declares (so reads and writes) them after the server timestamp
+_DATA_VALUE_ORDER = (
+    "Encoding", "Value", "StatusCode", "SourceTimestamp", "SourcePicoseconds",
+    "ServerTimestamp", "ServerPicoseconds",
+)  # fmt: skip
+
+
+def _spec_order(
+    steps: list[tuple[int, int, Decoder]], names: list[str]
+) -> list[tuple[int, int, Decoder]]:
+    """A DataValue's fields in the specification's order (their mask bits are asyncua's and
+    right: 0x10 source picoseconds, 0x08 server timestamp)."""
+    by_name = {names[index]: step for step in steps for index in (step[0],)}
+    if set(by_name) != set(_DATA_VALUE_ORDER):
+        return steps
+    return [by_name[name] for name in _DATA_VALUE_ORDER]
 
 
 def _compile(
@@ -599,7 +620,7 @@ def _compile(
         else:
             lines.append(f"    v{index}, pos = d{index}(data, pos)")
     flush()
-    values = "".join(f"v{index}, " for index, _, _ in steps)
+    values = "".join(f"v{index}, " for index in sorted(index for index, _, _ in steps))
     lines.append(f"    return new(cls, ({values})), pos")
     exec(compile("\n".join(lines), f"<opcua decoder of {name}>", "exec"), namespace)  # noqa: S102 - source built above from asyncua's definitions
     decode: Decoder = namespace["decode"]

@@ -13,18 +13,20 @@ What an event shows of a message (:func:`plain` of the whole structure, and
 from __future__ import annotations
 
 import random
+import struct
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from asyncua import ua
+from asyncua.common.utils import Buffer
 from asyncua.ua import ua_binary
 
 from collectors.normalize import FlowContext
-from collectors.opcua_codec import CodecError, StatusCode, Struct, decode_message
+from collectors.opcua_codec import CodecError, StatusCode, Struct, decode_message, struct_decoder
 from collectors.opcua_events import OpcuaSession, OpcuaStats
 from collectors.opcua_services import (
     Service,
@@ -384,3 +386,25 @@ def test_mutants_decode_the_same_or_say_why(bodies: list[bytes]) -> None:
             agree(data)
     assert read > 1000
     assert refused > 1000
+
+
+def test_data_value_picoseconds_in_the_specification_order() -> None:
+    """OPC 10000-6 5.2.2.17 (Table 26): Value, StatusCode, SourceTimestamp, SourcePicoseconds,
+    ServerTimestamp, ServerPicoseconds. asyncua 2.1 reads (and writes) the source picoseconds
+    after the server timestamp: on a DataValue with both it swaps them. Ours follows the
+    specification; this is the one place the two decoders are meant to differ."""
+    epoch = datetime(1601, 1, 1, tzinfo=UTC)
+    source = datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)
+    server = datetime(2024, 5, 1, 10, 0, 1, tzinfo=UTC)
+
+    def ticks(when: datetime) -> bytes:
+        return struct.pack("<q", (when - epoch) // timedelta(microseconds=1) * 10)
+
+    body = bytes([0x3D, 0x0B]) + struct.pack("<d", 1.5)  # mask; a Double Variant
+    body += ticks(source) + struct.pack("<H", 7) + ticks(server) + struct.pack("<H", 9)
+    value, pos = struct_decoder(ua.DataValue)(body, 0)
+    assert pos == len(body)
+    assert (value.Value, value.SourceTimestamp, value.SourcePicoseconds) == (1.5, source, 7)
+    assert (value.ServerTimestamp, value.ServerPicoseconds) == (server, 9)
+    theirs = ua_binary.struct_from_binary(ua.DataValue, Buffer(body))
+    assert theirs.ServerTimestamp != server  # asyncua's order
