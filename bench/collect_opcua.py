@@ -13,7 +13,9 @@ counts them (``summary["opcua"]["messages"]`` of each source alone). Written cop
 Then measures, wall time on that one file, both pinned to one core:
 - ``soc collect --jsonl /dev/null`` (full service decoding, events serialised);
 - ``tshark -T fields`` extracting the OPC UA fields we decode;
-and peak memory (max RSS). ``--profile`` adds a cProfile of ours, in process, on the same file.
+and peak memory (max RSS). ``--profile`` adds a cProfile of ours, in process, on the same file;
+``--decode`` the time a message takes to decode, ours beside asyncua's codec, in process, over
+every service message of the source captures (best of 10 rounds each).
 Installs Debian's tshark when it is missing (as ``bench.collect_modbus`` does).
 """
 
@@ -211,6 +213,44 @@ def profile(pcap: Path, top: int = 15) -> None:
         print(f"  {own / total:6.1%} {own:6.2f} s cum {cum:6.2f} {calls:>9,} {func} ({where})")
 
 
+def decode_figures(sources: list[Source], rounds: int = 10) -> None:
+    """Our lean decoder beside asyncua's codec on every service message body of the sources."""
+    import collectors.opcua_events as events
+    from collectors.opcua_codec import decode_message
+    from collectors.opcua_services import decode_service, reference_decode, service_fields
+
+    bodies: list[bytes] = []
+    original = events.decode_service
+
+    def record(body: bytes) -> Any:
+        bodies.append(bytes(body))
+        return original(body)
+
+    events.decode_service = record
+    try:
+        with open(os.devnull, "wb") as null:
+            collect_files([s.path for s in sources], Collector(), JsonlSink(null))
+    finally:
+        events.decode_service = original
+
+    def best(decode: Any) -> float:
+        fastest = float("inf")
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for body in bodies:
+                decode(body)
+            fastest = min(fastest, time.perf_counter() - start)
+        return fastest / len(bodies) * 1e6
+
+    ours = best(decode_message)
+    fields = best(lambda body: service_fields(decode_service(body)))
+    theirs = best(reference_decode)
+    print(f"\ndecoding {len(bodies):,} service messages (best of {rounds} rounds, in process):")
+    print(f"  ours (collectors.opcua_codec)     {ours:6.1f} µs a message")
+    print(f"  ours with the event's fields      {fields:6.1f} µs a message")
+    print(f"  asyncua's codec (the reference)   {theirs:6.1f} µs a message ({theirs / ours:.1f}x)")
+
+
 def report(
     summary: dict[str, Any],
     ours: tuple[float, int],
@@ -255,6 +295,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_MESSAGES:,} messages")
     parser.add_argument("--profile", action="store_true", help="cProfile ours, in process")
+    parser.add_argument("--decode", action="store_true", help="ours beside asyncua's decoding")
     args = parser.parse_args()
     wanted = QUICK_MESSAGES if args.quick else args.messages
     if not (CORPUS / "pcaps").is_dir():
@@ -301,6 +342,8 @@ def main() -> None:
         report(summary, (ours_s, ours_kb), (tshark_s, tshark_kb), tshark_counts, planned)
         if args.profile:
             profile(pcap)
+    if args.decode:
+        decode_figures(sources)
 
 
 if __name__ == "__main__":
