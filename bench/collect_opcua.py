@@ -25,7 +25,6 @@ import argparse
 import cProfile
 import os
 import pstats
-import struct
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.collect_modbus import ensure_tshark, one_core, run, summary_of
-from collectors.capture import read_capture
+from bench.replay import Source, build_pcap, load_sources
 from collectors.pipeline import Collector
 from collectors.run import JsonlSink, collect_files
 from soc.config import CollectSettings
@@ -43,10 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "icsnpp-opcua-binary"
 SOURCES = (CORPUS / "pcaps", ROOT / "tests" / "traces")
 OPCUA_PORTS = frozenset(CollectSettings().opcua_ports)
-GAP_US = 400_000_000  # beyond the 300 s idle timeout
-PORTS = (20_000, 65_536)  # client ports handed out, cycling
 QUICK_MESSAGES = 20_000
-START_US = 1_700_000_000_000_000  # the first copy's first frame (2023-11-14)
 TSHARK_FIELDS = [
     "frame.number",
     *(f"opcua.transport.{f}" for f in ("type", "chunk", "size", "scid", "endpoint", "error")),
@@ -55,110 +51,6 @@ TSHARK_FIELDS = [
     *(f"opcua.{f}" for f in ("servicenodeid.numeric", "nodeid.numeric", "nodeid.string")),
     *("opcua.transport.reason", "opcua.MessageSecurityMode"),
 ]
-# where the IP header starts, by link type (the ones the corpus and tests use)
-IP_OFFSET = {0: 4, 1: 14, 101: 0, 108: 4, 113: 16, 228: 0, 229: 0, 276: 20}
-
-# one source frame: time relative to the capture's first, bytes, TCP header offset (-1: none)
-SourceFrame = tuple[int, bytes, int]
-
-
-class Source:
-    """One capture, held in memory (the corpus captures are small), with its message count."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        frames = list(read_capture(path))
-        self.linktype = frames[0].linktype if frames else -1
-        first = frames[0].ts_us if frames else 0
-        self.duration = (frames[-1].ts_us - first) if frames else 0
-        self.frames: list[SourceFrame] = [
-            (f.ts_us - first, f.data, tcp_offset(f.linktype, f.data)) for f in frames
-        ]
-        collector = Collector()
-        with open(os.devnull, "wb") as null:
-            collect_files([path], collector, JsonlSink(null))
-        self.messages: int = collector.stats.opcua.messages
-
-
-def tcp_offset(linktype: int, data: bytes) -> int:
-    """Where the TCP header starts in a frame, or -1 (not TCP over IPv4/IPv6, or truncated)."""
-    ip = IP_OFFSET.get(linktype)
-    if ip is None or len(data) < ip + 40:
-        return -1
-    if linktype == 1 and data[12:14] == b"\x81\x00":  # one VLAN tag
-        ip += 4
-    version = data[ip] >> 4
-    if version == 4 and data[ip + 9] == 6:
-        tcp = ip + (data[ip] & 0x0F) * 4
-    elif version == 6 and data[ip + 6] == 6:
-        tcp = ip + 40
-    else:
-        return -1
-    return tcp if len(data) >= tcp + 20 else -1
-
-
-def _adjust(checksum: int, old: int, new: int) -> int:
-    """The internet checksum after one 16-bit word changed from ``old`` to ``new`` (RFC 1624)."""
-    total = (~checksum & 0xFFFF) + (~old & 0xFFFF) + new
-    total = (total & 0xFFFF) + (total >> 16)
-    total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def _next_port(port: int) -> int:
-    port = port + 1 if port + 1 < PORTS[1] else PORTS[0]
-    return port if port not in OPCUA_PORTS else _next_port(port)
-
-
-def build_pcap(out: Path, sources: list[Source], messages: int) -> tuple[int, int, int]:
-    """Write copies of the sources, in turn, until ``messages`` OPC UA messages;
-    (copies, frames, messages written, as counted on each source alone)."""
-    linktype = sources[0].linktype
-    record = struct.Struct("<IIII")
-    ports = struct.Struct("!HH")
-    check = struct.Struct("!H")
-    next_port = PORTS[0]
-    clock = START_US
-    copies = frames = written = 0
-    with out.open("wb") as stream:
-        stream.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262_144, linktype))
-        while written < messages:
-            for source in sources:
-                mapping = {port: port for port in OPCUA_PORTS}  # this copy's client ports
-                for rel, data, tcp in source.frames:
-                    if tcp >= 0:
-                        frame = bytearray(data)
-                        old = ports.unpack_from(frame, tcp)
-                        (checksum,) = check.unpack_from(frame, tcp + 16)
-                        for port in old:
-                            if port not in mapping:
-                                mapping[port] = next_port
-                                next_port = _next_port(next_port)
-                            checksum = _adjust(checksum, port, mapping[port])
-                        ports.pack_into(frame, tcp, mapping[old[0]], mapping[old[1]])
-                        check.pack_into(frame, tcp + 16, checksum)
-                        data = bytes(frame)
-                    ts = clock + rel
-                    stream.write(record.pack(ts // 1_000_000, ts % 1_000_000, len(data), len(data)))
-                    stream.write(data)
-                    frames += 1
-                clock += source.duration + GAP_US
-                copies += 1
-                written += source.messages
-                if written >= messages:
-                    break
-    return copies, frames, written
-
-
-def load_sources() -> list[Source]:
-    paths = sorted(p for d in SOURCES if d.is_dir() for p in d.glob("*.pcap"))
-    sources = [s for s in map(Source, paths) if s.messages]
-    if not sources:
-        return []
-    linktype = sources[0].linktype
-    for skipped in (s for s in sources if s.linktype != linktype):
-        print(f"skipped {skipped.path.name}: link type {skipped.linktype}, not {linktype}")
-    return [s for s in sources if s.linktype == linktype]
 
 
 def tshark_count(path: Path) -> tuple[int, int]:
@@ -301,7 +193,8 @@ def main() -> None:
     if not (CORPUS / "pcaps").is_dir():
         print(f"external corpus not present: {CORPUS} (nothing to measure)")
         return
-    sources = load_sources()
+    paths = sorted(p for d in SOURCES if d.is_dir() for p in d.glob("*.pcap"))
+    sources = load_sources(paths, "opcua")
     if not sources:
         print("no OPC UA capture with messages in the corpus or tests/traces (nothing to measure)")
         return
@@ -314,7 +207,7 @@ def main() -> None:
         tmpdir = Path(tmp)
         pcap = tmpdir / "opcua.pcap"
         t = time.perf_counter()
-        copies, frames, planned = build_pcap(pcap, sources, wanted)
+        copies, frames, planned = build_pcap(pcap, sources, wanted, OPCUA_PORTS)
         print(
             f"capture: {copies:,} copies of {len(sources)} OPC UA captures, {frames:,} frames, "
             f"{pcap.stat().st_size / 1e6:,.0f} MB, ~{planned:,} messages "
