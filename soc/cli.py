@@ -453,6 +453,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
         + f"; events {summary['events']:,}",
         "modbus " + ", ".join(f"{k} {v:,}" for k, v in summary["modbus"].items()),
         "opcua " + ", ".join(f"{k} {v:,}" for k, v in summary["opcua"].items()),
+        *(
+            f"{name} " + ", ".join(f"{k} {v:,}" for k, v in summary[name].items())
+            for name in ("mqtt", "dlms")
+            if summary.get(name, {}).get("messages")
+        ),
         f"parse errors {summary['parse_errors']:,}",
         f"assets {summary['assets']:,} hosts seen",
     ]
@@ -610,8 +615,9 @@ main.add_command(_lab_group)
 def _attach_incident_and_api_commands() -> None:
     from api.cli import keys, serve, users
     from soc.incidents.cli import audit, incidents
+    from soc.readings_cli import readings
 
-    for command in (incidents, audit, serve, users, keys):
+    for command in (incidents, audit, serve, users, keys, readings):
         main.add_command(command)
 
 

@@ -225,4 +225,50 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX incidents_level_last ON incidents (level, last_ts)",
         ),
     ),
+    # Meter readings (DLMS/COSEM GET answers and notifications of energy registers and load
+    # profiles) are time series, not network events: the trigger copies each reading of an
+    # ``ics.dlms`` event's ``energy.readings`` into their table in the event's own transaction,
+    # so a reading is stored exactly when its event is (a replayed event adds nothing).
+    Migration(
+        "0007_meter_readings",
+        (
+            """CREATE TABLE meter_readings (
+                event_id TEXT NOT NULL,
+                idx INTEGER NOT NULL,
+                ts INTEGER NOT NULL,
+                meter_id TEXT NOT NULL,
+                obis TEXT NOT NULL,
+                value REAL NOT NULL,
+                unit TEXT,
+                direction TEXT,
+                interval_s INTEGER,
+                PRIMARY KEY (event_id, idx)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX meter_readings_meter ON meter_readings (meter_id, obis, ts)",
+            "CREATE INDEX meter_readings_ts ON meter_readings (ts)",
+            """CREATE TRIGGER events_meter_readings AFTER INSERT ON events
+            WHEN NEW.dataset = 'ics.dlms'
+                AND json_type(NEW.doc, '$.energy.readings') = 'array'
+            BEGIN
+                INSERT OR IGNORE INTO meter_readings
+                    (event_id, idx, ts, meter_id, obis, value, unit, direction, interval_s)
+                SELECT
+                    NEW.id,
+                    r.key,
+                    COALESCE(
+                        CAST(ROUND((julianday(json_extract(r.value, '$.time')) - 2440587.5)
+                                   * 86400000.0) AS INTEGER) * 1000,
+                        NEW.ts),
+                    COALESCE(json_extract(NEW.doc, '$.energy.meter_id'), NEW.source_ip, ''),
+                    json_extract(r.value, '$.obis'),
+                    json_extract(r.value, '$.value'),
+                    json_extract(r.value, '$.unit'),
+                    json_extract(r.value, '$.direction'),
+                    json_extract(r.value, '$.interval_s')
+                FROM json_each(NEW.doc, '$.energy.readings') AS r
+                WHERE json_type(r.value, '$.value') IN ('integer', 'real')
+                    AND json_type(r.value, '$.obis') = 'text';
+            END""",
+        ),
+    ),
 )

@@ -206,12 +206,18 @@ class SQLiteStore:
         total = WriteResult()
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start : start + self.batch_size]
-            before = self._conn.total_changes()
             with self._errors(f"writing a batch of {len(chunk)} events"), self._transaction():
+                before = self._last_seq()
                 self._conn.executemany(_INSERT, chunk)
-            written = self._conn.total_changes() - before
+                # new rows take the next seq; triggers' rows (meter readings) are not counted
+                written = self._last_seq() - before
             total.add(WriteResult(written, len(chunk) - written, 1))
         return total
+
+    def _last_seq(self) -> int:
+        """The largest event ``seq`` (0 when empty): a row id lookup, not a scan."""
+        row = self._conn.execute("SELECT max(seq) FROM events").fetchone()
+        return int(row[0] or 0) if row else 0
 
     def query_events(self, query: EventQuery) -> Page:
         """One page of matching events, ordered by time then arrival."""
