@@ -46,6 +46,12 @@ class StreamSession:
         self.timeout_us = timeout_us
         self.buffers = {True: b"", False: b""}
         self.buffer_seq = {True: 0, False: 0}
+        #: a message larger than the bytes at hand, collected in parts (joined once, when whole:
+        #: appending each segment to one buffer would copy it again and again)
+        self.parts: dict[bool, list[bytes]] = {True: [], False: []}
+        self.collected = {True: 0, False: 0}
+        self.wanted = {True: 0, False: 0}
+        self.parts_seq = {True: 0, False: 0}
         self.synced = {True: False, False: False}  # a message parsed since the start or a gap
         self.violated = {True: False, False: False}
         self.tags = {d: context.stream_tag(self.DATASET, d) for d in (True, False)}
@@ -75,12 +81,20 @@ class StreamSession:
         self._cut(to_server, data, ts_us, frame, seq)
 
     def _cut(self, to_server: bool, data: bytes, ts_us: int, frame: int, seq: int) -> None:
-        buffer = self.buffers[to_server]
-        if buffer:
-            start_seq, buffer = self.buffer_seq[to_server], buffer + data
+        parts = self.parts[to_server]
+        if parts:  # a large message being collected
+            parts.append(data)
+            self.collected[to_server] += len(data)
+            if self.collected[to_server] < self.wanted[to_server]:
+                return
+            start_seq, buffer = self.parts_seq[to_server], b"".join(parts)
+            parts.clear()
+        elif self.buffers[to_server]:
+            start_seq, buffer = self.buffer_seq[to_server], self.buffers[to_server] + data
         else:
             start_seq, buffer = seq, data
         offset, header = 0, self.HEADER
+        size = 0
         while True:
             size = self._size(buffer[offset : offset + header])
             if size == 0 or offset + size > len(buffer):
@@ -97,12 +111,28 @@ class StreamSession:
             self.synced[to_server] = True
             self._take(to_server, buffer[offset : offset + size], ts_us, frame, start_seq + offset)
             offset += size
+        rest_seq = (start_seq + offset) % (1 << 32)
+        if size > 0 and offset + size > len(buffer):  # the head of a longer message: collect it
+            self.parts[to_server] = [buffer[offset:]]
+            self.collected[to_server] = len(buffer) - offset
+            self.wanted[to_server] = size
+            self.parts_seq[to_server] = rest_seq
+            self.buffers[to_server] = b""
+            return
         self.buffers[to_server] = buffer[offset:]
-        self.buffer_seq[to_server] = (start_seq + offset) % (1 << 32)
+        self.buffer_seq[to_server] = rest_seq
+
+    def pending(self, to_server: bool) -> tuple[bytes, int]:
+        """The bytes of one direction not yet a whole message, and their first byte's sequence
+        number (for a flow's end)."""
+        if self.parts[to_server]:
+            return b"".join(self.parts[to_server]), self.parts_seq[to_server]
+        return self.buffers[to_server], self.buffer_seq[to_server]
 
     def gap(self, to_server: bool) -> None:
         """Bytes were lost: drop the partial message; the next segment starts afresh."""
         self.buffers[to_server] = b""
+        self.parts[to_server] = []
         self.synced[to_server] = False
 
     def _violation(self, to_server: bool, data: bytes, ts_us: int, frame: int, seq: int) -> None:
