@@ -10,6 +10,8 @@ the caller takes them (:meth:`Collector.take`), so sinks are batched and the cor
 
 from __future__ import annotations
 
+import functools
+import importlib
 import socket
 import struct
 from collections import Counter
@@ -18,10 +20,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from collectors import opcua
+from collectors import dlms, mqtt, opcua
 from collectors.capture import Frame, RawFrame
+from collectors.dlms import DlmsStats
 from collectors.modbus import plausible_adu
-from collectors.modbus_events import ModbusSession, ModbusStats
+from collectors.modbus_events import ModbusStats
+from collectors.mqtt import MqttStats
 from collectors.normalize import FlowContext
 from collectors.opcua import OpcuaStats
 from collectors.packet import TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet, decode
@@ -45,17 +49,21 @@ class CollectStats:
     stream: StreamStats = field(default_factory=StreamStats)
     modbus: ModbusStats = field(default_factory=ModbusStats)
     opcua: OpcuaStats = field(default_factory=OpcuaStats)
+    mqtt: MqttStats = field(default_factory=MqttStats)
+    dlms: DlmsStats = field(default_factory=DlmsStats)
 
     @property
     def pdus(self) -> dict[str, int]:
         """Protocol messages decoded, by protocol (Modbus requests, responses and exceptions;
-        OPC UA messages)."""
+        OPC UA, MQTT and DLMS messages)."""
         out = {}
         modbus = self.modbus.requests + self.modbus.responses
         if modbus:
             out["modbus"] = modbus
-        if self.opcua.messages:
-            out["opcua"] = self.opcua.messages
+        for name in ("opcua", "mqtt", "dlms"):
+            messages = getattr(self, name).messages
+            if messages:
+                out[name] = messages
         return out
 
     @property
@@ -67,6 +75,8 @@ class CollectStats:
             + self.opcua.malformed
             + self.opcua.partial
             + self.opcua.violations
+            + self.mqtt.parse_errors
+            + self.dlms.parse_errors
             + len(self.capture_errors)
         )
 
@@ -108,9 +118,17 @@ class CollectStats:
                 "partial": self.opcua.partial,
                 "resyncs": self.opcua.resyncs,
             },
+            "mqtt": self.mqtt.summary(),
+            "dlms": self.dlms.summary(),
             "errors": [
                 {"location": loc, "message": msg}
-                for loc, msg in (self.capture_errors + self.modbus.errors + self.opcua.errors)[:50]
+                for loc, msg in (
+                    self.capture_errors
+                    + self.modbus.errors
+                    + self.opcua.errors
+                    + self.mqtt.errors
+                    + self.dlms.errors
+                )[:50]
             ],
         }
 
@@ -131,9 +149,13 @@ class Collector:
         }
         self.modbus_ports = frozenset(self.settings.modbus_ports)
         self.ports = {
+            **dict.fromkeys(self.settings.dlms_ports, "dlms"),
+            **dict.fromkeys(self.settings.mqtt_ports, "mqtt"),
             **dict.fromkeys(self.settings.opcua_ports, "opcua"),
             **dict.fromkeys(self.settings.modbus_ports, "modbus"),
         }
+        self.udp_ports = dict.fromkeys(self.settings.dlms_udp_ports, "dlms")
+        self.udp_flows: dict[tuple[bytes, int, bytes, int], Flow] = {}
         self.flows = FlowTable(
             self.settings.max_flows, self.settings.idle_timeout_s * 1_000_000, self.stats.stream
         )
@@ -229,7 +251,8 @@ class Collector:
                         if packet.transport != TCP:
                             if ts_us >= self._next_tick:
                                 self._tick(ts_us)
-                            stats.udp += 1  # UDP protocols (DLMS over UDP) arrive with their issue
+                            stats.udp += 1
+                            self._datagram(number, ts_us, packet)
                             continue
                         (src_mac, dst_mac, src, dst, _, sport, dport, seq, ack, flags,
                          payload) = packet  # fmt: skip
@@ -311,6 +334,32 @@ class Collector:
         """End of input: close every flow (unanswered requests are reported)."""
         for flow in list(self.flows.drain()):
             self._close(flow)
+        for flow in self.udp_flows.values():
+            flow.session.close()
+        self.udp_flows.clear()
+
+    def _datagram(self, number: int, ts_us: int, packet: Packet) -> None:
+        """A UDP datagram: to its protocol's session when one of its ports is known (DLMS/COSEM
+        over UDP); the side on the known port is the server."""
+        src, sport, dst, dport = packet.src_ip, packet.src_port, packet.dst_ip, packet.dst_port
+        key = flow_key(src, sport, dst, dport)
+        flow = self.udp_flows.get(key)
+        if flow is None:
+            protocol = self.udp_ports.get(dport) or self.udp_ports.get(sport)
+            if protocol is None:
+                return
+            if dport in self.udp_ports:
+                client, server = (src, sport), (dst, dport)
+                macs = (packet.src_mac, packet.dst_mac)
+            else:
+                client, server = (dst, dport), (src, sport)
+                macs = (packet.dst_mac, packet.src_mac)
+            flow = Flow(key, client, server, ts_us, ts_us, False)
+            flow.data["macs"] = macs
+            self._start(flow, protocol, "udp")
+            self.udp_flows[key] = flow
+        flow.last_ts = ts_us
+        flow.session.datagram((src, sport) == flow.client, packet.payload, ts_us, number)
 
     # -- flows ---------------------------------------------------------------------------------
 
@@ -350,6 +399,10 @@ class Collector:
             protocol = "modbus"
         elif opcua.plausible(payload):
             protocol = "opcua"
+        elif mqtt.plausible(payload):
+            protocol = "mqtt"
+        elif dlms.plausible(payload):
+            protocol = "dlms"
         else:
             flow.protocol = NO_PROTOCOL
             return
@@ -360,35 +413,24 @@ class Collector:
             self.flows.orient(flow)
         self._start(flow, protocol)
 
-    def _start(self, flow: Flow, protocol: str) -> None:
+    def _start(self, flow: Flow, protocol: str, transport: str = "tcp") -> None:
         flow.protocol = protocol
         client_mac, server_mac = flow.data["macs"]
         context = FlowContext(
-            "tcp", protocol, (*flow.client, client_mac), (*flow.server, server_mac)
+            transport, protocol, (*flow.client, client_mac), (*flow.server, server_mac)
         )
         source = self.source
-        session: Any
-        if protocol == "opcua":
-            from collectors.opcua_events import OpcuaSession  # asyncua: loaded when OPC UA is seen
-
-            session = OpcuaSession(
-                context,
-                self.events.append,
-                self.stats.opcua,
-                self.observer,
-                lambda number: f"{source}: frame {number}",
-                self._timeout_us,
-            )
-        else:
-            session = ModbusSession(
-                context,
-                self.events.append,
-                self.stats.modbus,
-                self.observer,
-                lambda number: f"{source}: frame {number}",
-                self._timeout_us,
-            )
+        session: Any = _session_class(protocol)(
+            context,
+            self.events.append,
+            getattr(self.stats, protocol),
+            self.observer,
+            lambda number: f"{source}: frame {number}",
+            self._timeout_us,
+        )
         flow.session = session
+        if transport != "tcp":
+            return
         stats, limit = self.stats.stream, self._max_pending
         flow.to_server = Direction(
             partial(session.data, True), partial(session.gap, True), stats, limit
@@ -414,6 +456,28 @@ class Collector:
         for flow in self.flows.flows.values():
             if flow.session is not None:
                 flow.session.expire(now_us)
+        if self.udp_flows:
+            idle = now_us - self.settings.idle_timeout_s * 1_000_000
+            for key in [k for k, f in self.udp_flows.items() if f.last_ts < idle]:
+                self.udp_flows.pop(key).session.close()
+            for flow in self.udp_flows.values():
+                flow.session.expire(now_us)
+
+
+#: each protocol's session class (module, class), imported when a flow of it is first seen:
+#: asyncua and dlms-cosem cost their import only to runs that meet OPC UA or DLMS
+_SESSIONS = {
+    "modbus": ("collectors.modbus_events", "ModbusSession"),
+    "opcua": ("collectors.opcua_events", "OpcuaSession"),
+    "mqtt": ("collectors.mqtt_events", "MqttSession"),
+    "dlms": ("collectors.dlms_events", "DlmsSession"),
+}
+
+
+@functools.cache
+def _session_class(protocol: str) -> Any:
+    module, name = _SESSIONS[protocol]
+    return getattr(importlib.import_module(module), name)
 
 
 #: Ethernet, IPv4 with no options, TCP up to its flags: the hot loop's one ``struct`` call

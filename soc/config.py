@@ -74,6 +74,9 @@ class CollectSettings:
 
     modbus_ports: tuple[int, ...] = (502,)
     opcua_ports: tuple[int, ...] = (4840,)
+    mqtt_ports: tuple[int, ...] = (1883,)
+    dlms_ports: tuple[int, ...] = (4059,)  # the IEC 62056-4-7 wrapper's port, or HDLC over TCP
+    dlms_udp_ports: tuple[int, ...] = (4059,)
     response_timeout_ms: int = 5000  # a request unanswered this long is reported as such
     idle_timeout_s: int = 300  # a flow silent this long (capture time) is closed
     max_flows: int = 100_000  # flows tracked at once; the longest idle are evicted beyond
@@ -83,6 +86,11 @@ class CollectSettings:
     def __post_init__(self) -> None:
         _require(all(0 < p < 65536 for p in self.modbus_ports), "collect.modbus_ports", "TCP ports")
         _require(all(0 < p < 65536 for p in self.opcua_ports), "collect.opcua_ports", "TCP ports")
+        _require(all(0 < p < 65536 for p in self.mqtt_ports), "collect.mqtt_ports", "TCP ports")
+        _require(all(0 < p < 65536 for p in self.dlms_ports), "collect.dlms_ports", "TCP ports")
+        _require(
+            all(0 < p < 65536 for p in self.dlms_udp_ports), "collect.dlms_udp_ports", "UDP ports"
+        )
         _require(self.response_timeout_ms > 0, "collect.response_timeout_ms", "positive")
         _require(self.idle_timeout_s > 0, "collect.idle_timeout_s", "positive")
         _require(self.max_flows >= 10, "collect.max_flows", "at least 10")
@@ -106,6 +114,8 @@ LAB_SITE: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "opcua_clients": ("127.0.10.100",),  # the SCADA client
         "dlms_head_ends": ("127.0.20.100",),
         "mqtt_publishers": ("127.0.30.11", "127.0.30.12", "127.0.30.13"),  # sensor stations
+        "mqtt_subscribers": (),  # consumers of the sensor topics: none in the lab yet
+        "mqtt_ports": ("1883",),  # the broker's
     }
 )
 _SITE_NAME = re.compile(r"[a-z][a-z0-9_]*")
