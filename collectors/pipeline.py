@@ -155,6 +155,7 @@ class Collector:
             **dict.fromkeys(self.settings.modbus_ports, "modbus"),
         }
         self.udp_ports = dict.fromkeys(self.settings.dlms_udp_ports, "dlms")
+        self._dlms_keys = self.settings.dlms_key_table()
         self.udp_flows: dict[tuple[bytes, int, bytes, int], Flow] = {}
         self.flows = FlowTable(
             self.settings.max_flows, self.settings.idle_timeout_s * 1_000_000, self.stats.stream
@@ -420,6 +421,7 @@ class Collector:
             transport, protocol, (*flow.client, client_mac), (*flow.server, server_mac)
         )
         source = self.source
+        extra = {"keys": self._dlms_keys} if protocol == "dlms" and self._dlms_keys else {}
         session: Any = _session_class(protocol)(
             context,
             self.events.append,
@@ -427,6 +429,7 @@ class Collector:
             self.observer,
             lambda number: f"{source}: frame {number}",
             self._timeout_us,
+            **extra,
         )
         flow.session = session
         if transport != "tcp":

@@ -77,6 +77,9 @@ class CollectSettings:
     mqtt_ports: tuple[int, ...] = (1883,)
     dlms_ports: tuple[int, ...] = (4059,)  # the IEC 62056-4-7 wrapper's port, or HDLC over TCP
     dlms_udp_ports: tuple[int, ...] = (4059,)
+    #: keys to read ciphered DLMS APDUs, each "SYSTEM_TITLE:BLOCK_CIPHER_KEY:AUTHENTICATION_KEY"
+    #: in hex (8, 16 and 16 bytes; the system title is the sender's: a meter's or a client's)
+    dlms_keys: tuple[str, ...] = ()
     response_timeout_ms: int = 5000  # a request unanswered this long is reported as such
     idle_timeout_s: int = 300  # a flow silent this long (capture time) is closed
     max_flows: int = 100_000  # flows tracked at once; the longest idle are evicted beyond
@@ -95,6 +98,31 @@ class CollectSettings:
         _require(self.idle_timeout_s > 0, "collect.idle_timeout_s", "positive")
         _require(self.max_flows >= 10, "collect.max_flows", "at least 10")
         _require(self.max_pending_kb >= 1, "collect.max_pending_kb", "at least 1")
+        _require(
+            all(_dlms_key(k) is not None for k in self.dlms_keys),
+            "collect.dlms_keys",
+            "SYSTEM_TITLE:BLOCK_CIPHER_KEY:AUTHENTICATION_KEY in hex (8, 16 and 16 bytes)",
+        )
+
+    def dlms_key_table(self) -> dict[bytes, tuple[bytes, bytes]]:
+        """``dlms_keys`` as system title -> (block cipher key, authentication key)."""
+        table = {}
+        for text in self.dlms_keys:
+            parsed = _dlms_key(text)
+            if parsed is not None:
+                table[parsed[0]] = (parsed[1], parsed[2])
+        return table
+
+
+def _dlms_key(text: str) -> tuple[bytes, bytes, bytes] | None:
+    """(system title, block cipher key, authentication key) of one ``dlms_keys`` entry."""
+    try:
+        title, block, auth = (bytes.fromhex(part) for part in text.split(":"))
+    except ValueError:
+        return None
+    if (len(title), len(block), len(auth)) != (8, 16, 16):
+        return None
+    return title, block, auth
 
 
 #: The lab's site (``lab.base.LabSite``, ``lab/plant.py``): what the rules' test cases are written

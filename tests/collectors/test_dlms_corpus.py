@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from collectors import dlms
-from collectors.dlms_events import DlmsSession
 from collectors.pipeline import Collector
 from collectors.run import collect_files
 from detectors.runner import ListSink
@@ -76,20 +75,11 @@ RAW_DATA = {
 
 
 def _events(capture: Path, keys: dict[bytes, tuple[bytes, bytes]] | None = None) -> list[Any]:
-    collector = Collector(CollectSettings(dlms_ports=PORTS))
+    """The DLMS events of a capture, with keys given as ``collect.dlms_keys`` says."""
+    entries = tuple(f"{t.hex()}:{b.hex()}:{a.hex()}" for t, (b, a) in (keys or {}).items())
+    collector = Collector(CollectSettings(dlms_ports=PORTS, dlms_keys=entries))
     sink = ListSink()
-    if keys is None:
-        collect_files([capture], collector, sink)
-    else:
-        original = DlmsSession.__init__
-
-        def with_keys(self: DlmsSession, *args: Any, **kwargs: Any) -> None:
-            original(self, *args, **kwargs)
-            self.keys = dict(keys)
-
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(DlmsSession, "__init__", with_keys)
-            collect_files([capture], collector, sink)
+    collect_files([capture], collector, sink)
     return [e for e in sink.events if e["event"]["dataset"] == "ics.dlms"]
 
 

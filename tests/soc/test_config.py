@@ -78,3 +78,20 @@ def test_secrets_are_masked(tmp_path: Path) -> None:
     shown = {k: v for k, v, _ in iter_settings(settings)}
     assert shown["elasticsearch.password"] == "********"
     assert settings.elasticsearch.password == "hunter2"
+
+
+def test_dlms_keys_are_checked_and_read() -> None:
+    from soc.config import CollectSettings
+
+    title, block, auth = "4d4d4d0000bc614e", "00" * 16, "d0" * 16
+    settings = CollectSettings(dlms_keys=(f"{title}:{block}:{auth}",))
+    assert settings.dlms_key_table() == {
+        bytes.fromhex(title): (bytes.fromhex(block), bytes.fromhex(auth))
+    }
+    for bad in (
+        f"{title}:{block}",
+        f"{title}:{block}:{auth[:-2]}",
+        f"zz{title[2:]}:{block}:{auth}",
+    ):
+        with pytest.raises(ConfigError, match=r"collect\.dlms_keys"):
+            CollectSettings(dlms_keys=(bad,))
