@@ -93,8 +93,13 @@ LIST_FIELDS = frozenset(
         "modbus.response.records",
         "opcua.nodes",
         "opcua.write.values",
-        "dlms.obis",
+        "dlms.obis",  # these four are lists in a with-list request, numbers or text otherwise
+        "dlms.class_id",
+        "dlms.attribute",
+        "dlms.method",
+        "dlms.anomalies",
         "mqtt.topics",
+        "mqtt.anomalies",
     }
 )
 
