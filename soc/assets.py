@@ -60,8 +60,18 @@ UNANSWERED = 4  # a request left unanswered (the event's time is a deadline, not
 NO_ROLE = 8  # traffic that says nothing of roles (bytes on the port that are not the protocol)
 
 #: The names a protocol gives to the generic observation fields in its part of the document.
-_UNIT_FIELD = {"modbus": "unit_ids", "opcua": "security_policies"}
-_CODE_FIELD = {"modbus": "function_codes", "opcua": "services"}
+_UNIT_FIELD = {
+    "modbus": "unit_ids",
+    "opcua": "security_policies",
+    "dlms": "authentication",
+    "mqtt": "client_ids",
+}
+_CODE_FIELD = {
+    "modbus": "function_codes",
+    "opcua": "services",
+    "dlms": "services",
+    "mqtt": "packets",
+}
 
 #: Role names of the protocols' own specifications, accepted as aliases of client and server.
 ROLE_ALIASES = {"client": "client", "server": "server", "master": "client", "slave": "server"}
@@ -78,6 +88,8 @@ _IDENTITY_NAMES = {
     "application_name": "application",
     "application_uri": "application_uri",
     "product_uri": "product_uri",
+    "meter_id": "serial",
+    "system_title": "system_title",
 }
 
 _TOP_ORDER = (
@@ -308,8 +320,99 @@ def fold_opcua(inventory: AssetInventory, doc: Event) -> None:
         )
 
 
-#: event.dataset -> the fold of its events. DLMS and MQTT add theirs here.
-FOLDS: dict[str, Fold] = {"ics.modbus": fold_modbus, "ics.opcua": fold_opcua}
+_DLMS_FROM_SERVER = ("_response", "aare", "rlre", "notification", "confirmed_service_error")
+
+
+def fold_dlms(inventory: AssetInventory, doc: Event) -> None:
+    """One ``ics.dlms`` event: the client (head-end, or any host that associates) and the server
+    (the meter): requests come from the client; responses, AARE, RLRE, exceptions and
+    notifications (a meter pushes them) from the meter. The services used and served are the
+    APDUs' names (``get``, ``set``, ``action``, ``aarq``); the authentication mechanisms of the
+    AARQs are the meter's units; a rejected association, a failed result or an exception counts
+    as an exception; the meter's id (logical device name or serial read, else system title)
+    identifies it."""
+    dlms = doc["dlms"]
+    src, dst = doc["source"], doc["destination"]
+    ts = doc["@timestamp"]
+    if len(ts) != 27 or ts[26] != "Z":
+        ts = canonical_time(ts)
+    action = str(doc["event"].get("action") or "")
+    if action == "unanswered_request":
+        flags, client, server = UNANSWERED, src, dst
+    elif action == "protocol_violation" or action.startswith("hdlc_"):
+        flags, client, server = NO_ROLE, src, dst
+    elif action.endswith(_DLMS_FROM_SERVER) or action == "exception_response":
+        flags, client, server = 0, dst, src
+    else:
+        flags, client, server = COUNT_CODE, src, dst
+    if doc["event"].get("outcome") == "failure" and client is dst:
+        flags |= EXCEPTION
+    code = action[: -len("_request")] if action.endswith("_request") else action
+    unit = dlms.get("authentication_mechanism") if action == "aarq" else None
+    key = ("dlms", flags, client["ip"], client.get("mac"), server["ip"], server.get("mac"),
+           server.get("port"), unit, code if flags & COUNT_CODE else None)  # fmt: skip
+    inventory.count(key, ts)
+    energy = doc.get("energy")
+    meter_id = energy.get("meter_id") if isinstance(energy, dict) else None
+    title = dlms.get("responding_ap_title") if action == "aare" else None
+    if (meter_id or title) and client is dst:
+        objects = {"meter_id": meter_id, "system_title": title}
+        inventory.identify(
+            "dlms", server["ip"], "meter", {k: v for k, v in objects.items() if v}, ts
+        )
+
+
+#: packets only a client sends, and only a broker
+_MQTT_CLIENT = frozenset({"CONNECT", "SUBSCRIBE", "UNSUBSCRIBE", "PINGREQ"})
+_MQTT_BROKER = frozenset({"CONNACK", "SUBACK", "UNSUBACK", "PINGRESP"})
+
+
+def fold_mqtt(inventory: AssetInventory, doc: Event) -> None:
+    """One ``ics.mqtt`` event: the client and the broker. CONNECT, SUBSCRIBE, UNSUBSCRIBE and
+    PINGREQ come from a client, their acknowledgements from the broker; a PUBLISH or its
+    acknowledgements travel both ways, so the broker is then the side on the lower port (it
+    listens on a well-known one). The packets used and served are the packet types; a client's
+    client id is its unit on the broker (and, with its user name, its identification); a refused
+    connection or subscription counts as an exception."""
+    mqtt = doc["mqtt"]
+    src, dst = doc["source"], doc["destination"]
+    ts = doc["@timestamp"]
+    if len(ts) != 27 or ts[26] != "Z":
+        ts = canonical_time(ts)
+    action = doc["event"].get("action")
+    kind = str(mqtt.get("packet_type") or "")
+    if action == "unanswered_request":
+        flags, client, server = UNANSWERED, src, dst
+    elif action == "protocol_violation":
+        flags, client, server = NO_ROLE, src, dst
+    elif kind in _MQTT_CLIENT:
+        flags, client, server = COUNT_CODE, src, dst
+    elif kind in _MQTT_BROKER:
+        flags, client, server = 0, dst, src
+    else:
+        from_client = dst.get("port", 0) <= src.get("port", 0)
+        flags = COUNT_CODE if from_client else 0
+        client, server = (src, dst) if from_client else (dst, src)
+    if doc["event"].get("outcome") == "failure":
+        flags |= EXCEPTION
+    client_id = mqtt.get("client_id") if kind == "CONNECT" else None
+    key = ("mqtt", flags, client["ip"], client.get("mac"), server["ip"], server.get("mac"),
+           server.get("port"), client_id, kind if flags & COUNT_CODE else None)  # fmt: skip
+    inventory.count(key, ts)
+    if client_id:
+        objects = {"client_id": client_id, "user_name": mqtt.get("username")}
+        inventory.identify(
+            "mqtt", client["ip"], "client", {k: v for k, v in objects.items() if v}, ts
+        )
+
+
+#: event.dataset -> the fold of its events
+FOLDS: dict[str, Fold] = {
+    "ics.modbus": fold_modbus,
+    "ics.opcua": fold_opcua,
+    "ics.dlms": fold_dlms,
+    "ics.mqtt": fold_mqtt,
+}
 
 
 # -- documents -------------------------------------------------------------------------------

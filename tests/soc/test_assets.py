@@ -667,3 +667,36 @@ def test_opcua_fold_names_client_server_services_policies_and_endpoints() -> Non
     assert server["opcua"]["exceptions_returned"] == 1
     assert server["identity"]["application_uri"] == "urn:plant:plc"
     assert server["identity"]["security_policies_offered"] == "Basic256Sha256"
+
+
+def test_the_lab_reference_capture_inventories_meters_head_end_broker_and_stations() -> None:
+    """The lab's reference capture (in the repository): the DLMS and MQTT folds give the lab's
+    own roles (lab.base.LabSite, lab.sensors.stations_for): meters serve DLMS to the head-end,
+    the broker serves MQTT to the stations, each station's client id is its station id, and
+    the attacker is a client of all four protocols."""
+    from detectors.runner import collect_captures
+    from lab.base import LabSite
+    from lab.sensors import stations_for
+
+    site = LabSite()
+    reference = Path(__file__).resolve().parents[2] / "lab" / "reference" / "capture.pcap.gz"
+    inventory = AssetInventory()
+    inventory.observe_all(collect_captures([reference]))
+    docs = {d["ip"]: d for d in inventory.docs()}
+    for meter in site.meters:
+        assert docs[meter]["dlms"]["roles"] == ["server"]
+        assert docs[meter]["dlms"]["services"]["served"]["get"] > 0
+        assert "lls" in docs[meter]["dlms"]["authentication"]
+    assert docs[site.head_end]["dlms"]["roles"] == ["client"]
+    assert set(docs[site.head_end]["peers"]) == set(site.meters)
+    broker = docs[site.broker]["mqtt"]
+    assert broker["roles"] == ["server"]
+    stations = stations_for(site)
+    assert {s.station_id for s in stations} <= set(broker["client_ids"])
+    for station in stations:
+        doc = docs[station.address]
+        assert doc["mqtt"]["roles"] == ["client"]
+        assert doc["mqtt"]["packets"]["used"]["PUBLISH"] > 0
+        assert doc["identity"]["client_id"] == station.station_id
+    assert docs[site.attacker]["protocols"] == ["dlms", "modbus", "mqtt", "opcua"]
+    assert docs[site.attacker]["roles"] == ["client"]
