@@ -26,6 +26,7 @@ functions, no I/O.
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -568,3 +569,84 @@ _PARSERS = {
     14: _disconnect,
     15: _disconnect,
 }
+
+
+# -- sensor observations -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObservationTopic:
+    """A topic template whose PUBLISHes are sensor observations: levels separated by ``/``,
+    each a literal, ``+`` (any) or ``{name}`` (any, kept as ``name``: ``sensor``, ``zone``,
+    ``quantity``), e.g. ``city/{zone}/{sensor}/{quantity}``."""
+
+    levels: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, template: str) -> ObservationTopic:
+        """A template from the configuration; ValueError when a level is not one of the three
+        kinds or ``#`` is used (an observation's topic has a fixed depth)."""
+        levels = tuple(template.split("/"))
+        for level in levels:
+            named = level.startswith("{") and level.endswith("}") and level[1:-1].isidentifier()
+            if not named and ("{" in level or "}" in level or "#" in level or (
+                "+" in level and level != "+")):  # fmt: skip
+                raise ValueError(f"topic template level {level!r}: a name, + or {{name}}")
+        return cls(levels)
+
+    def match(self, topic: str) -> dict[str, str] | None:
+        """The named levels of ``topic`` when it fits the template."""
+        parts = topic.split("/")
+        if len(parts) != len(self.levels):
+            return None
+        names: dict[str, str] = {}
+        for level, part in zip(self.levels, parts, strict=True):
+            if level.startswith("{"):
+                names[level[1:-1]] = part
+            elif level != "+" and level != part:
+                return None
+        return names
+
+
+#: payload keys read as an observation's identity, when the topic does not name them
+_OBSERVATION_KEYS = {"sensor": ("sensor", "sensor_id", "station"), "zone": ("zone",),
+                     "quantity": ("quantity",)}  # fmt: skip
+
+
+def observation(
+    templates: tuple[ObservationTopic, ...], topic: str, payload: str
+) -> dict[str, Any] | None:
+    """The sensor observation a PUBLISH carries, or None: its topic fits a template and its
+    payload is a number or a JSON object with a numeric ``value`` (``unit``, ``time`` and the
+    identity keys optional). ``sensor_id``, ``zone`` and ``quantity`` come from the topic's named
+    levels, else from the payload."""
+    for template in templates:
+        names = template.match(topic)
+        if names is not None:
+            break
+    else:
+        return None
+    body: Any
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return None
+    if isinstance(body, bool):
+        return None
+    if isinstance(body, int | float):
+        body = {"value": body}
+    if not isinstance(body, dict):
+        return None
+    value = body.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return None
+    out: dict[str, Any] = {"topic": topic}
+    for name, keys in _OBSERVATION_KEYS.items():
+        found = names.get(name) or next((str(body[k]) for k in keys if k in body), None)
+        if found is not None:
+            out["sensor_id" if name == "sensor" else name] = found
+    out["value"] = value
+    for key in ("unit", "time", "interval_s"):
+        if isinstance(body.get(key), str | int | float) and not isinstance(body.get(key), bool):
+            out[key] = body[key]
+    return out

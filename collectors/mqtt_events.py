@@ -51,7 +51,9 @@ from collectors.mqtt import (
     PACKET_TYPES,
     VERSIONS,
     MqttStats,
+    ObservationTopic,
     header_plausible,
+    observation,
     packet_size,
     parse_packet,
 )
@@ -101,9 +103,12 @@ class MqttSession(StreamSession):
         observer: dict[str, Any],
         location: Callable[[int], str],
         timeout_us: int,
+        observation_topics: tuple[ObservationTopic, ...] = (),
     ) -> None:
         super().__init__(context, emit, stats, observer, location, timeout_us)
         self.stats: MqttStats = stats
+        #: topic templates whose PUBLISHes (client to broker) are sensor observations
+        self.observation_topics = observation_topics
         self.version: int | None = None  # the CONNECT's Protocol Level
         self.inferred = False  # the version was guessed from a CONNACK (no CONNECT seen)
         self.connected = False  # a CONNECT was seen
@@ -264,6 +269,12 @@ class MqttSession(StreamSession):
         event["type"] = ["protocol", kind_type]
         event["outcome"] = outcome
         doc["mqtt"] = fields
+        if kind == 3 and to_server and self.observation_topics and "payload" in fields:
+            found = observation(
+                self.observation_topics, str(fields.get("topic")), fields["payload"]
+            )
+            if found is not None:
+                doc["wellbeing"] = found
         self.emit(doc)
 
     def _alias(self, to_server: bool, fields: dict[str, Any], anomalies: list[str]) -> None:

@@ -156,6 +156,9 @@ class Collector:
         }
         self.udp_ports = dict.fromkeys(self.settings.dlms_udp_ports, "dlms")
         self._dlms_keys = self.settings.dlms_key_table()
+        self._observation_topics = tuple(
+            mqtt.ObservationTopic.parse(t) for t in self.settings.mqtt_observation_topics
+        )
         self.udp_flows: dict[tuple[bytes, int, bytes, int], Flow] = {}
         self.flows = FlowTable(
             self.settings.max_flows, self.settings.idle_timeout_s * 1_000_000, self.stats.stream
@@ -421,7 +424,11 @@ class Collector:
             transport, protocol, (*flow.client, client_mac), (*flow.server, server_mac)
         )
         source = self.source
-        extra = {"keys": self._dlms_keys} if protocol == "dlms" and self._dlms_keys else {}
+        extra: dict[str, Any] = {}
+        if protocol == "dlms" and self._dlms_keys:
+            extra["keys"] = self._dlms_keys
+        elif protocol == "mqtt" and self._observation_topics:
+            extra["observation_topics"] = self._observation_topics
         session: Any = _session_class(protocol)(
             context,
             self.events.append,

@@ -75,6 +75,10 @@ class CollectSettings:
     modbus_ports: tuple[int, ...] = (502,)
     opcua_ports: tuple[int, ...] = (4840,)
     mqtt_ports: tuple[int, ...] = (1883,)
+    #: topic templates whose PUBLISHes are sensor observations (``wellbeing.*`` on the event, and
+    #: the store's observations): literal levels, ``+``, and ``{sensor}``, ``{zone}``,
+    #: ``{quantity}`` (the lab's stations publish on city/<zone>/<station>/<quantity>)
+    mqtt_observation_topics: tuple[str, ...] = ("city/{zone}/{sensor}/{quantity}",)
     dlms_ports: tuple[int, ...] = (4059,)  # the IEC 62056-4-7 wrapper's port, or HDLC over TCP
     dlms_udp_ports: tuple[int, ...] = (4059,)
     #: keys to read ciphered DLMS APDUs, each "SYSTEM_TITLE:BLOCK_CIPHER_KEY:AUTHENTICATION_KEY"
@@ -99,6 +103,11 @@ class CollectSettings:
         _require(self.max_flows >= 10, "collect.max_flows", "at least 10")
         _require(self.max_pending_kb >= 1, "collect.max_pending_kb", "at least 1")
         _require(
+            all(_topic_template(t) for t in self.mqtt_observation_topics),
+            "collect.mqtt_observation_topics",
+            "topic templates: levels that are names, + or {name}",
+        )
+        _require(
             all(_dlms_key(k) is not None for k in self.dlms_keys),
             "collect.dlms_keys",
             "SYSTEM_TITLE:BLOCK_CIPHER_KEY:AUTHENTICATION_KEY in hex (8, 16 and 16 bytes)",
@@ -112,6 +121,16 @@ class CollectSettings:
             if parsed is not None:
                 table[parsed[0]] = (parsed[1], parsed[2])
         return table
+
+
+def _topic_template(text: str) -> bool:
+    from collectors.mqtt import ObservationTopic
+
+    try:
+        ObservationTopic.parse(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _dlms_key(text: str) -> tuple[bytes, bytes, bytes] | None:

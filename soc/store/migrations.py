@@ -226,48 +226,64 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     # Meter readings (DLMS/COSEM GET answers and notifications of energy registers and load
-    # profiles) are time series, not network events: the trigger copies each reading of an
-    # ``ics.dlms`` event's ``energy.readings`` into their table in the event's own transaction,
-    # so a reading is stored exactly when its event is (a replayed event adds nothing).
+    # profiles) and sensor observations (MQTT PUBLISHes on the configured topics) are time
+    # series, not network events: triggers copy the ``energy.readings`` of an ``ics.dlms`` event
+    # and the ``wellbeing`` of an ``ics.mqtt`` event into the tables 0001 made for them, in the
+    # event's own transaction, so a replayed capture stores nothing twice (a reading is keyed by
+    # meter, OBIS code and time; an observation by sensor, quantity and time).
     Migration(
-        "0007_meter_readings",
+        "0007_energy_readings_from_events",
         (
-            """CREATE TABLE meter_readings (
-                event_id TEXT NOT NULL,
-                idx INTEGER NOT NULL,
-                ts INTEGER NOT NULL,
-                meter_id TEXT NOT NULL,
-                obis TEXT NOT NULL,
-                value REAL NOT NULL,
-                unit TEXT,
-                direction TEXT,
-                interval_s INTEGER,
-                PRIMARY KEY (event_id, idx)
-            ) WITHOUT ROWID""",
-            "CREATE INDEX meter_readings_meter ON meter_readings (meter_id, obis, ts)",
-            "CREATE INDEX meter_readings_ts ON meter_readings (ts)",
-            """CREATE TRIGGER events_meter_readings AFTER INSERT ON events
+            """CREATE TRIGGER events_energy_readings AFTER INSERT ON events
             WHEN NEW.dataset = 'ics.dlms'
                 AND json_type(NEW.doc, '$.energy.readings') = 'array'
             BEGIN
-                INSERT OR IGNORE INTO meter_readings
-                    (event_id, idx, ts, meter_id, obis, value, unit, direction, interval_s)
+                INSERT OR IGNORE INTO energy_readings
+                    (meter_id, obis, ts, interval_s, direction, value, unit, zone, source)
                 SELECT
-                    NEW.id,
-                    r.key,
+                    COALESCE(json_extract(NEW.doc, '$.energy.meter_id'), NEW.source_ip, ''),
+                    json_extract(r.value, '$.obis'),
                     COALESCE(
                         CAST(ROUND((julianday(json_extract(r.value, '$.time')) - 2440587.5)
                                    * 86400000.0) AS INTEGER) * 1000,
                         NEW.ts),
-                    COALESCE(json_extract(NEW.doc, '$.energy.meter_id'), NEW.source_ip, ''),
-                    json_extract(r.value, '$.obis'),
+                    COALESCE(json_extract(r.value, '$.interval_s'), 0),
+                    COALESCE(json_extract(r.value, '$.direction'), ''),
                     json_extract(r.value, '$.value'),
-                    json_extract(r.value, '$.unit'),
-                    json_extract(r.value, '$.direction'),
-                    json_extract(r.value, '$.interval_s')
+                    COALESCE(json_extract(r.value, '$.unit'), ''),
+                    NULL,
+                    NEW.id
                 FROM json_each(NEW.doc, '$.energy.readings') AS r
                 WHERE json_type(r.value, '$.value') IN ('integer', 'real')
                     AND json_type(r.value, '$.obis') = 'text';
+            END""",
+        ),
+    ),
+    Migration(
+        "0008_wellbeing_observations_from_events",
+        (
+            "ALTER TABLE wellbeing_observations ADD COLUMN source TEXT",
+            "ALTER TABLE wellbeing_observations ADD COLUMN publisher_ip TEXT",
+            """CREATE TRIGGER events_wellbeing_observations AFTER INSERT ON events
+            WHEN NEW.dataset = 'ics.mqtt' AND json_type(NEW.doc, '$.wellbeing') = 'object'
+                AND json_type(NEW.doc, '$.wellbeing.value') IN ('integer', 'real')
+                AND json_type(NEW.doc, '$.wellbeing.sensor_id') = 'text'
+                AND json_type(NEW.doc, '$.wellbeing.quantity') = 'text'
+            BEGIN
+                INSERT OR IGNORE INTO wellbeing_observations
+                    (sensor_id, quantity, ts, zone, value, unit, source, publisher_ip)
+                VALUES (
+                    json_extract(NEW.doc, '$.wellbeing.sensor_id'),
+                    json_extract(NEW.doc, '$.wellbeing.quantity'),
+                    COALESCE(
+                        CAST(ROUND((julianday(json_extract(NEW.doc, '$.wellbeing.time'))
+                                    - 2440587.5) * 86400000.0) AS INTEGER) * 1000,
+                        NEW.ts),
+                    json_extract(NEW.doc, '$.wellbeing.zone'),
+                    json_extract(NEW.doc, '$.wellbeing.value'),
+                    COALESCE(json_extract(NEW.doc, '$.wellbeing.unit'), ''),
+                    NEW.id,
+                    NEW.source_ip);
             END""",
         ),
     ),

@@ -1,5 +1,5 @@
-"""Meter readings in the SQLite store: the ``meter_readings`` table (migration
-``0007_meter_readings``), filled by a trigger from the ``energy.readings`` of stored
+"""Meter readings in the SQLite store: the ``energy_readings`` table, filled by a trigger
+(migration ``0007_energy_readings_from_events``) from the ``energy.readings`` of stored
 ``ics.dlms`` events, read here by meter, OBIS code and time."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Reading:
     unit: str | None
     direction: str | None
     interval_s: int | None
-    event_id: str
+    event_id: str  # the event it came from ('' for a reading imported otherwise)
 
     def doc(self) -> dict[str, Any]:
         """As JSON (``energy.*`` names)."""
@@ -74,10 +74,10 @@ class ReadingTables:
             params.append(query.end_us)
         # the conditions are the constants above; every value is a parameter
         sql = (
-            "SELECT ts, meter_id, obis, value, unit, direction, interval_s, event_id"  # noqa: S608
-            " FROM meter_readings"
+            "SELECT ts, meter_id, obis, value, nullif(unit, ''), nullif(direction, ''),"  # noqa: S608
+            " nullif(interval_s, 0), coalesce(source, '') FROM energy_readings"
             + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY ts, event_id, idx LIMIT ?"
+            + " ORDER BY ts, meter_id, obis LIMIT ?"
         )
         rows = self._conn.execute(sql, (*params, max(1, query.limit))).fetchall()
         return [Reading(*row) for row in rows]  # type: ignore[arg-type]  # the table's types
@@ -85,7 +85,7 @@ class ReadingTables:
     def meters(self) -> list[tuple[str, int, int, int]]:
         """(meter id, readings, first and last time in µs) of every meter, by meter id."""
         sql = (
-            "SELECT meter_id, count(*), min(ts), max(ts) FROM meter_readings"
+            "SELECT meter_id, count(*), min(ts), max(ts) FROM energy_readings"
             " GROUP BY meter_id ORDER BY meter_id"
         )
         return [tuple(row) for row in self._conn.execute(sql).fetchall()]  # type: ignore[misc]
