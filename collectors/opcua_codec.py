@@ -129,14 +129,8 @@ def _bytes(data: bytes, pos: int) -> tuple[bytes | None, int]:
 
 
 def _string(data: bytes, pos: int) -> tuple[str | None, int]:
-    (length,) = _I32(data, pos)
-    pos += 4
-    if length == -1:
-        return None, pos
-    end = pos + length
-    if length < 0 or end > len(data):
-        raise CodecError(f"a length of {length} at offset {pos - 4} ({len(data) - pos} left)")
-    return data[pos:end].decode("utf-8", "surrogateescape"), end
+    raw, pos = _bytes(data, pos)
+    return (None if raw is None else raw.decode("utf-8", "surrogateescape")), pos
 
 
 def _null(data: bytes, pos: int) -> tuple[None, int]:
