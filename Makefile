@@ -53,6 +53,8 @@ bench: install  ## benchmarks: each prints our figure beside the peer's
 	$(BIN)/python -m bench.store_ingest
 	$(BIN)/python -m bench.collect_modbus
 	$(BIN)/python -m bench.collect_opcua
+	$(BIN)/python -m bench.collect_mqtt
+	$(BIN)/python -m bench.collect_dlms
 	$(BIN)/python -m bench.live_modbus
 	$(BIN)/python -m bench.detect
 	$(BIN)/python -m bench.api
