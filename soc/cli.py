@@ -614,10 +614,11 @@ main.add_command(_lab_group)
 
 def _attach_incident_and_api_commands() -> None:
     from api.cli import keys, serve, users
+    from detectors.baseline_cli import baseline
     from soc.incidents.cli import audit, incidents
     from soc.readings_cli import readings
 
-    for command in (incidents, audit, serve, users, keys, readings):
+    for command in (incidents, audit, serve, users, keys, readings, baseline):
         main.add_command(command)
 
 

@@ -287,4 +287,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             END""",
         ),
     ),
+    # Learnt baselines (learning mode), one row per site and revision: a revision is never
+    # changed, accepting an alert or importing a reviewed file adds the next.
+    Migration(
+        "0009_baselines",
+        (
+            """CREATE TABLE baselines (
+                site TEXT NOT NULL,
+                revision INTEGER NOT NULL,
+                created_ts INTEGER NOT NULL,
+                created_by TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                doc TEXT NOT NULL,
+                PRIMARY KEY (site, revision)
+            ) WITHOUT ROWID""",
+        ),
+    ),
 )
