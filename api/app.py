@@ -17,12 +17,12 @@ from api import problems
 from api.auth import load_secret
 from api.deps import AppState
 from api.limits import BodyLimit, RateLimit
-from api.routes import alerts, assets, audit, auth, health, incidents, rules
+from api.routes import alerts, assets, audit, auth, baselines, health, incidents, rules
 from soc import __version__
 from soc.config import Settings, load_settings
 from soc.store.sqlite import SQLiteStore
 
-ROUTERS = (auth, health, incidents, alerts, assets, rules, audit)
+ROUTERS = (auth, health, incidents, alerts, assets, rules, audit, baselines)
 #: Routes anyone may call: their own access control is the credentials they take, or none.
 PUBLIC = frozenset(
     {"/auth/token", "/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}

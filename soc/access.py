@@ -8,8 +8,10 @@ API key) has the union of its roles' scopes. Engineers see only the sites they a
 role       scopes
 =========  =============================================================================
 analyst    incidents:read incidents:write alerts:read events:read assets:read rules:read
-engineer   incidents:read incidents:write alerts:read events:read assets:read (their sites)
-auditor    rules:read reports:read audit:read
+           baselines:read baselines:write
+engineer   incidents:read incidents:write alerts:read events:read assets:read baselines:read
+           (their sites)
+auditor    rules:read reports:read audit:read baselines:read
 admin      every scope, users:admin among them
 =========  =============================================================================
 
@@ -41,6 +43,8 @@ SCOPES: Mapping[str, str] = {
     "rules:read": "the rule inventory",
     "reports:read": "the auditor's rule report",
     "audit:read": "the audit trail",
+    "baselines:read": "read a site's learnt communication baseline",
+    "baselines:write": "accept a protect-mode alert into a baseline",
     "users:admin": "manage users and API keys",
 }
 ROLES: Mapping[str, frozenset[str]] = {
@@ -52,12 +56,21 @@ ROLES: Mapping[str, frozenset[str]] = {
             "events:read",
             "assets:read",
             "rules:read",
+            "baselines:read",
+            "baselines:write",
         }
     ),
     "engineer": frozenset(
-        {"incidents:read", "incidents:write", "alerts:read", "events:read", "assets:read"}
+        {
+            "incidents:read",
+            "incidents:write",
+            "alerts:read",
+            "events:read",
+            "assets:read",
+            "baselines:read",
+        }
     ),
-    "auditor": frozenset({"rules:read", "reports:read", "audit:read"}),
+    "auditor": frozenset({"rules:read", "reports:read", "audit:read", "baselines:read"}),
     "admin": frozenset(SCOPES),
 }
 #: Roles limited to the sites assigned to them.

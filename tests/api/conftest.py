@@ -72,6 +72,30 @@ def _grid_alert() -> AlertRow:
     return AlertRow("grid-alert-1", "test-grid-rule", "[]", ts, ts, 73, doc)
 
 
+BASELINE_ALERT = "baseline-alert-1"
+
+
+def _baseline(store: SQLiteStore, events: list[dict[str, Any]]) -> None:
+    """The water plant's baseline (learnt on the capture's first 10 s) and one protect-mode
+    alert of it, stored as ``soc baseline check`` stores them."""
+    from detectors.attack import load_table
+    from detectors.baseline import alerts_of, check, learn
+    from detectors.baseline_cli import _row
+    from soc.event import parse_timestamp
+    from soc.incidents.correlate import SiteMap
+    from soc.store.sqlite_baselines import BaselineTables
+
+    sites = SiteMap(Settings().incidents.sites, {})
+    plant = [e for e in events if sites.site_of(e["destination"]["ip"]) == "water_plant"]
+    first = parse_timestamp(plant[0]["@timestamp"])
+    normal = [e for e in plant if parse_timestamp(e["@timestamp"]) < first + 10_000_000]
+    baseline = learn("water_plant", normal)
+    BaselineTables(store).save(baseline, "test", "learnt", first)
+    (alert, *_) = alerts_of(check(baseline, plant), load_table(), first, "water_plant", 1)
+    alert["event"]["id"] = BASELINE_ALERT
+    store.write_alerts([_row(alert)])
+
+
 @pytest.fixture(scope="session")
 def base_site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     data = tmp_path_factory.mktemp("site")
@@ -84,6 +108,7 @@ def base_site(tmp_path_factory: pytest.TempPathFactory) -> Site:
         store.upsert_assets(inventory.docs())
         Detector(store, load_plans()).run_once()
         store.write_alerts([_grid_alert()])
+        _baseline(store, events)
         tables = IncidentTables(store)
         correlate_store(tables, settings, tactic_order())
         docs, _ = tables.list_incidents(IncidentQuery())

@@ -22,10 +22,11 @@ from fastapi.testclient import TestClient
 from api.app import PUBLIC
 from api.auth import ALGORITHM, AUDIENCE, ISSUER, issue
 from soc.access import ROLES, scopes_of
-from tests.api.conftest import USERS, Site, login, make_client
+from tests.api.conftest import BASELINE_ALERT, USERS, Site, login, make_client
 
-ROUTE_VALUES = {"incident_id": "plant", "ip": "127.0.10.1"}
+ROUTE_VALUES = {"incident_id": "plant", "ip": "127.0.10.1", "site": "water_plant"}
 BODIES = {"PATCH": {"comment": "matrix check"}, "POST": {"text": "matrix check"}}
+PATH_BODIES = {"/baselines/{site}/accept": {"alert_id": BASELINE_ALERT}}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,8 @@ def _call(client: TestClient, method: str, path: str, headers: dict[str, str], s
     url = path
     for name, value in ROUTE_VALUES.items():
         url = url.replace("{" + name + "}", site.plant_incident if value == "plant" else value)
-    response = client.request(method, url, headers=headers, json=BODIES.get(method))
+    body = PATH_BODIES.get(path, BODIES.get(method))
+    response = client.request(method, url, headers=headers, json=body)
     return response.status_code
 
 
