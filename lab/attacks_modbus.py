@@ -188,8 +188,10 @@ async def network_scan(site: LabSite) -> dict[str, Any]:
     async def probe(host: str, port: int) -> None:
         async with gate:
             try:
+                # a closed port answers at once (RST); the time allowed only matters to an open
+                # port whose server shares a busy event loop (the lab's): 0.5 s missed the PLC
                 _, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, port, local_addr=(site.attacker, 0)), 0.5
+                    asyncio.open_connection(host, port, local_addr=(site.attacker, 0)), 3.0
                 )
             except (OSError, TimeoutError):
                 return
