@@ -615,10 +615,11 @@ main.add_command(_lab_group)
 def _attach_incident_and_api_commands() -> None:
     from api.cli import keys, serve, users
     from detectors.baseline_cli import baseline
+    from detectors.ml_cli import detectors
     from soc.incidents.cli import audit, incidents
     from soc.readings_cli import readings
 
-    for command in (incidents, audit, serve, users, keys, readings, baseline):
+    for command in (incidents, audit, serve, users, keys, readings, baseline, detectors):
         main.add_command(command)
 
 
