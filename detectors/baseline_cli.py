@@ -35,7 +35,8 @@ from soc.types import Event
 
 
 @contextmanager
-def _store(ctx: click.Context) -> Iterator[tuple[SQLiteStore, SiteMap]]:
+def site_store(ctx: click.Context) -> Iterator[tuple[SQLiteStore, SiteMap]]:
+    """The store and the sites' networks, from the configuration (the sqlite backend)."""
     settings = _settings(ctx)
     if settings.store.backend != "sqlite":
         raise StoreError("baselines live in the sqlite backend", location="store.backend")
@@ -44,9 +45,11 @@ def _store(ctx: click.Context) -> Iterator[tuple[SQLiteStore, SiteMap]]:
         yield store, sites
 
 
-def _site_events(
+def site_events(
     store: SQLiteStore, sites: SiteMap, site: str, since: int | None, until: int | None
 ) -> Iterator[Event]:
+    """The stored events of a period whose source or destination is in the site's networks
+    (``--site`` must name a configured site)."""
     if site not in sites.site_names:
         raise click.BadParameter(
             f"{site!r} is not a site of [incidents.sites] ({', '.join(sites.site_names)})",
@@ -94,10 +97,10 @@ def learn_command(
 ) -> None:
     """Learn a site's baseline from the stored events of a period; stored as a new revision."""
     start, end = parse_time(since, "--since"), parse_time(until, "--until")
-    with _store(ctx) as (store, sites):
+    with site_store(ctx) as (store, sites):
         learnt = learn(
             site,
-            _site_events(store, sites, site, start, end),
+            site_events(store, sites, site, start, end),
             format_timestamp(start) if start is not None else "",
             format_timestamp(end) if end is not None else "",
         )
@@ -126,7 +129,7 @@ def learn_command(
 @click.pass_context
 def show(ctx: click.Context, site: str, revision: int | None, as_json: bool) -> None:
     """Write a site's baseline (YAML, to review or edit and `soc baseline import`)."""
-    with _store(ctx) as (store, _):
+    with site_store(ctx) as (store, _):
         found = BaselineTables(store).get(site, revision)
     if found is None:
         raise click.ClickException(f"no baseline for {site} (`soc baseline learn --site {site}`)")
@@ -141,7 +144,7 @@ def show(ctx: click.Context, site: str, revision: int | None, as_json: bool) -> 
 @click.pass_context
 def list_command(ctx: click.Context, site: str | None) -> None:
     """List the stored baseline revisions: site, revision, when, who and why."""
-    with _store(ctx) as (store, _):
+    with site_store(ctx) as (store, _):
         rows = BaselineTables(store).revisions(site)
     for name, revision, created, by, reason in rows:
         click.echo(f"{name}  #{revision}  {format_timestamp(created)}  {by}  {reason}")
@@ -158,7 +161,7 @@ def import_command(ctx: click.Context, path: Path, actor: str | None) -> None:
         reviewed = Baseline.from_doc(loaded if isinstance(loaded, dict) else {})
     except (yaml.YAMLError, ValueError) as exc:
         raise click.BadParameter(f"{path.name}: {exc}", param_hint="PATH") from exc
-    with _store(ctx) as (store, sites):
+    with site_store(ctx) as (store, sites):
         if reviewed.site not in sites.site_names:
             raise click.BadParameter(f"{path.name}: site {reviewed.site!r} is not configured")
         now, who = time.time_ns() // 1000, cli_actor(actor)
@@ -185,19 +188,19 @@ def check_command(
 ) -> None:
     """Protect mode: alert on the requests of a period that the site's baseline does not hold,
     each alert saying what is new and the nearest known behaviour."""
-    with _store(ctx) as (store, sites):
+    with site_store(ctx) as (store, sites):
         learnt = BaselineTables(store).get(site)
         if learnt is None:
             raise click.ClickException(f"no baseline for {site} (`soc baseline learn`)")
         start = parse_time(since, "--since")
         if start is None and learnt.end:
             start = parse_timestamp(learnt.end) + 1
-        events = _site_events(store, sites, site, start, parse_time(until, "--until"))
+        events = site_events(store, sites, site, start, parse_time(until, "--until"))
         found = check(learnt, events)
         now = time.time_ns() // 1000
         docs = alerts_of(found, load_table(), now, site, learnt.revision)
         if docs and not no_store:
-            store.write_alerts(_row(doc) for doc in docs)
+            store.write_alerts(alert_row(doc) for doc in docs)
     if as_json:
         for doc in docs:
             click.echo(orjson.dumps(doc).decode())
@@ -209,7 +212,8 @@ def check_command(
                f"{learnt.revision}" + ("" if no_store else " (stored)"), err=True)  # fmt: skip
 
 
-def _row(doc: dict[str, Any]) -> AlertRow:
+def alert_row(doc: dict[str, Any]) -> AlertRow:
+    """An alert document as the store's row (what ``soc detect`` stores for the rules')."""
     alert = doc["ics"]["alert"]
     return AlertRow(
         doc["event"]["id"],
@@ -229,7 +233,7 @@ def _row(doc: dict[str, Any]) -> AlertRow:
 def accept_command(ctx: click.Context, alert_id: str, actor: str | None) -> None:
     """Accept a protect-mode alert: what it found becomes part of its site's baseline (a new
     revision, audited)."""
-    with _store(ctx) as (store, _):
+    with site_store(ctx) as (store, _):
         rows = store.read_rows("SELECT doc FROM alerts WHERE id = ?", (alert_id,), "an alert")
         if not rows:
             raise click.BadParameter(f"no alert {alert_id}", param_hint="ALERT_ID")

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from detectors.attack import load_table
-from detectors.baseline_cli import _row, _site_events, _store
+from detectors.baseline_cli import alert_row, site_events, site_store
 from detectors.ml import model_io
 from detectors.ml.communication import LAB_WINDOW_S, CommunicationModel, evaluate_events
 from detectors.ml.features import windows
@@ -43,8 +43,8 @@ def train(
 ) -> None:
     """Train the communication-pattern model on a site's stored events of a period."""
     start, end = parse_time(since, "--since"), parse_time(until, "--until")
-    with _store(ctx) as (store, sites):
-        training = windows(_site_events(store, sites, site, start, end), window_s)
+    with site_store(ctx) as (store, sites):
+        training = windows(site_events(store, sites, site, start, end), window_s)
     if not training:
         raise click.ClickException(f"no request of site {site} in the period: nothing to learn")
     began = time.perf_counter()
@@ -80,11 +80,11 @@ def score(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--model") from exc
     start, end = parse_time(since, "--since"), parse_time(until, "--until")
-    with _store(ctx) as (store, sites):
-        scored = model.score(windows(_site_events(store, sites, site, start, end), model.window_s))
+    with site_store(ctx) as (store, sites):
+        scored = model.score(windows(site_events(store, sites, site, start, end), model.window_s))
         docs = model.alerts(scored, load_table(), time.time_ns() // 1000, site)
         if docs and not no_store:
-            store.write_alerts(_row(doc) for doc in docs)
+            store.write_alerts(alert_row(doc) for doc in docs)
     for doc in docs:
         click.echo(f"alert {doc['event']['id']}  {doc['@timestamp']}  {doc['message']}")
     anomalous = sum(s.anomalous for s in scored)

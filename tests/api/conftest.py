@@ -80,7 +80,7 @@ def _baseline(store: SQLiteStore, events: list[dict[str, Any]]) -> None:
     alert of it, stored as ``soc baseline check`` stores them."""
     from detectors.attack import load_table
     from detectors.baseline import alerts_of, check, learn
-    from detectors.baseline_cli import _row
+    from detectors.baseline_cli import alert_row
     from soc.event import parse_timestamp
     from soc.incidents.correlate import SiteMap
     from soc.store.sqlite_baselines import BaselineTables
@@ -93,7 +93,7 @@ def _baseline(store: SQLiteStore, events: list[dict[str, Any]]) -> None:
     BaselineTables(store).save(baseline, "test", "learnt", first)
     (alert, *_) = alerts_of(check(baseline, plant), load_table(), first, "water_plant", 1)
     alert["event"]["id"] = BASELINE_ALERT
-    store.write_alerts([_row(alert)])
+    store.write_alerts([alert_row(alert)])
 
 
 @pytest.fixture(scope="session")
