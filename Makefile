@@ -57,6 +57,7 @@ bench: install  ## benchmarks: each prints our figure beside the peer's
 	$(BIN)/python -m bench.collect_dlms
 	$(BIN)/python -m bench.live_modbus
 	$(BIN)/python -m bench.detect
+	$(BIN)/python -m bench.detectors
 	$(BIN)/python -m bench.api
 
 clean:
