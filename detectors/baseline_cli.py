@@ -20,7 +20,6 @@ import yaml
 
 from detectors.attack import load_table
 from detectors.baseline import Baseline, alerts_of, check, learn
-from detectors.baseline import accept as accept_alert
 from soc.clictx import parse_time
 from soc.clictx import settings as _settings
 from soc.errors import StoreError
@@ -29,7 +28,7 @@ from soc.incidents.cli import cli_actor
 from soc.incidents.correlate import SiteMap
 from soc.store.base import AlertRow, EventQuery, iter_events
 from soc.store.sqlite import SQLiteStore
-from soc.store.sqlite_baselines import BaselineTables
+from soc.store.sqlite_baselines import BaselineTables, NotAcceptable
 from soc.store.sqlite_incidents import IncidentTables
 from soc.types import Event
 
@@ -234,21 +233,10 @@ def accept_command(ctx: click.Context, alert_id: str, actor: str | None) -> None
     """Accept a protect-mode alert: what it found becomes part of its site's baseline (a new
     revision, audited)."""
     with site_store(ctx) as (store, _):
-        rows = store.read_rows("SELECT doc FROM alerts WHERE id = ?", (alert_id,), "an alert")
-        if not rows:
-            raise click.BadParameter(f"no alert {alert_id}", param_hint="ALERT_ID")
-        alert = orjson.loads(rows[0][0])
-        site = ((alert.get("ics") or {}).get("baseline") or {}).get("site")
-        tables = BaselineTables(store)
-        current = tables.get(str(site)) if site else None
-        if current is None:
-            raise click.BadParameter(
-                f"alert {alert_id} is not a protect-mode alert of a stored baseline",
-                param_hint="ALERT_ID",
+        try:
+            site, revision = BaselineTables(store).accept_alert(
+                alert_id, cli_actor(actor), time.time_ns() // 1000
             )
-        now, who = time.time_ns() // 1000, cli_actor(actor)
-        revision = tables.save(accept_alert(current, alert, who, now), who,
-                               f"accepted alert {alert_id}", now)  # fmt: skip
-        IncidentTables(store).audit(now, who, "baseline.accept", "baseline", f"{site}#{revision}",
-                                    {"alert": alert_id})  # fmt: skip
+        except NotAcceptable as exc:
+            raise click.BadParameter(exc.message, param_hint="ALERT_ID") from exc
     click.echo(f"baseline of {site}: revision {revision} holds what alert {alert_id} found")

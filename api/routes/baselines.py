@@ -5,15 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Path, Query, Request, Security
 from pydantic import BaseModel, Field
 
 from api.auth import Principal, authorize
 from api.deps import now_us, state
 from api.problems import Problem
-from detectors.baseline import accept
-from soc.store.sqlite_baselines import BaselineTables
+from soc.store.sqlite_baselines import BaselineTables, NotAcceptable
 
 router = APIRouter(prefix="/baselines", tags=["baselines"])
 Site = Annotated[str, Path(max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
@@ -54,29 +52,15 @@ async def accept_alert(
     written to the audit trail under the caller's name."""
     if not principal.may_see(site):
         raise Problem(404, f"no baseline for {site}")
-    tables = state(request).tables()
-    rows = tables.store.read_rows(
-        "SELECT doc FROM alerts WHERE id = ?", (body.alert_id,), "reading an alert"
-    )
-    if not rows:
-        raise Problem(404, f"no alert {body.alert_id}")
-    alert = orjson.loads(rows[0][0])
-    found = (alert.get("ics") or {}).get("baseline") or {}
-    if found.get("site") != site:
+    tables = BaselineTables(state(request).tables().store)
+    try:
+        _, revision = tables.accept_alert(body.alert_id, principal.name, now_us(), site)
+    except NotAcceptable as exc:
+        if exc.missing:
+            raise Problem(404, exc.message) from None
         raise Problem(
             422,
             "not a protect-mode alert of this site's baseline",
             errors=[{"field": "body.alert_id", "message": f"an alert of baseline {site}"}],
-        )
-    baselines = BaselineTables(tables.store)
-    current = baselines.get(site)
-    if current is None:
-        raise Problem(404, f"no baseline for {site}")
-    now = now_us()
-    revision = baselines.save(
-        accept(current, alert, principal.name, now), principal.name,
-        f"accepted alert {body.alert_id}", now,
-    )  # fmt: skip
-    tables.incidents.audit(now, principal.name, "baseline.accept", "baseline",
-                           f"{site}#{revision}", {"alert": body.alert_id})  # fmt: skip
+        ) from None
     return {"site": site, "revision": revision, "alert_id": body.alert_id}

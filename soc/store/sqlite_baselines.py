@@ -7,8 +7,19 @@ from typing import Any
 
 import orjson
 
-from detectors.baseline import Baseline
+from detectors.baseline import Baseline, accept
 from soc.store.sqlite import SQLiteStore
+from soc.store.sqlite_incidents import IncidentTables
+
+
+class NotAcceptable(LookupError):
+    """An alert that cannot be accepted: ``missing`` (no such alert or baseline) or not a
+    protect-mode alert of the expected site (``message`` says which)."""
+
+    def __init__(self, message: str, *, missing: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.missing = missing
 
 
 class BaselineTables:
@@ -32,6 +43,34 @@ class BaselineTables:
                  orjson.dumps(baseline.doc()).decode()),
             )  # fmt: skip
         return baseline.revision
+
+    def accept_alert(
+        self, alert_id: str, actor: str, now_us: int, site: str | None = None
+    ) -> tuple[str, int]:
+        """Accept a stored protect-mode alert into its site's latest baseline (``site``, when
+        given, must be the alert's): a new revision, written to the audit trail under
+        ``actor``; (site, revision). :class:`NotAcceptable` otherwise."""
+        rows = self.store.read_rows(
+            "SELECT doc FROM alerts WHERE id = ?", (alert_id,), "reading an alert"
+        )
+        if not rows:
+            raise NotAcceptable(f"no alert {alert_id}", missing=True)
+        alert = orjson.loads(rows[0][0])
+        found = ((alert.get("ics") or {}).get("baseline") or {}).get("site")
+        if not found or (site is not None and found != site):
+            raise NotAcceptable(
+                f"alert {alert_id} is not a protect-mode alert of "
+                + (f"baseline {site}" if site else "a baseline"),
+                missing=False,
+            )
+        current = self.get(str(found))
+        if current is None:
+            raise NotAcceptable(f"no baseline for {found}", missing=True)
+        changed = accept(current, alert, actor, now_us)
+        revision = self.save(changed, actor, f"accepted alert {alert_id}", now_us)
+        IncidentTables(self.store).audit(now_us, actor, "baseline.accept", "baseline",
+                                         f"{found}#{revision}", {"alert": alert_id})  # fmt: skip
+        return str(found), revision
 
     def get(self, site: str, revision: int | None = None) -> Baseline | None:
         """A site's baseline: the given revision, else the latest; None when there is none."""
